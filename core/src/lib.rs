@@ -1,0 +1,10 @@
+//! DiT Lens core: MM-DiT models, typed attention capture, perturbation, analysis and pipelines.
+//! No GUI dependency; the `ditlens` binary (CLI and window) is built on it.
+
+pub mod capture;
+pub mod error;
+pub mod io;
+pub mod mmdit;
+pub mod perturb;
+
+pub use error::{Error, Result};
