@@ -33,7 +33,7 @@ impl Default for BlurSpec {
 impl BlurSpec {
     /// Checks σ, kernel size and layer indices.
     pub fn validate(&self, num_layers: usize) -> Result<()> {
-        if self.kernel == 0 || self.kernel % 2 == 0 {
+        if self.kernel == 0 || self.kernel.is_multiple_of(2) {
             return Err(Error::Input(format!(
                 "blur kernel size must be odd and positive, got {}",
                 self.kernel

@@ -89,13 +89,41 @@ fn attend(
     blur: Option<&I2tBlur>,
     run: &AttnRun,
 ) -> Result<Attended> {
-    let (b, h, t, _) = q.dims4()?;
+    let (b, h, t, d) = q.dims4()?;
     let s = k.dim(2)?;
     let n_txt = s - n_img;
     let kt = k.t()?;
     let rows = chunk_rows(b, h, s, run.chunk_bytes);
+    // Block sums come out of the value matmul: P·[V | 1_img | 1_txt] carries Σ over image keys
+    // and Σ over text keys as two extra columns, so no pass over the N×(N+L) chunk is added.
+    let v_ext = if sums {
+        let dev = v.device();
+        let ind = Tensor::cat(
+            &[
+                Tensor::cat(
+                    &[
+                        Tensor::ones((n_img, 1), DType::F32, dev)?,
+                        Tensor::zeros((n_img, 1), DType::F32, dev)?,
+                    ],
+                    1,
+                )?,
+                Tensor::cat(
+                    &[
+                        Tensor::zeros((n_txt, 1), DType::F32, dev)?,
+                        Tensor::ones((n_txt, 1), DType::F32, dev)?,
+                    ],
+                    1,
+                )?,
+            ],
+            0,
+        )?;
+        let ind = ind.reshape((1, 1, s, 2))?.broadcast_as((b, h, s, 2))?;
+        Tensor::cat(&[v, &ind], 3)?.contiguous()?
+    } else {
+        v.clone()
+    };
     let (mut outs, mut imgs, mut txts) = (vec![], vec![], vec![]);
-    let (mut sum_img, mut sum_txt): (Option<Tensor>, Option<Tensor>) = (None, None);
+    let mut block_sums: Option<Tensor> = None;
     let mut start = 0;
     while start < t {
         let c = rows.min(t - start);
@@ -109,35 +137,32 @@ fn attend(
         if let Some(blur) = blur {
             p = blur.apply(&p, n_img)?;
         }
-        if keep_img || sums {
-            let pi = p.narrow(3, 0, n_img)?;
-            if sums {
-                let si = pi.sum((2, 3))?;
-                sum_img = Some(match sum_img {
-                    Some(a) => (a + si)?,
-                    None => si,
-                });
-            }
-            if keep_img {
-                imgs.push(pi.contiguous()?);
-            }
+        if keep_img {
+            imgs.push(p.narrow(3, 0, n_img)?.contiguous()?);
         }
-        if (keep_txt || sums) && n_txt > 0 {
-            let pt = p.narrow(3, n_img, n_txt)?;
-            if sums {
-                let st = pt.sum((2, 3))?;
-                sum_txt = Some(match sum_txt {
-                    Some(a) => (a + st)?,
-                    None => st,
-                });
-            }
-            if keep_txt {
-                txts.push(pt.contiguous()?);
-            }
+        if keep_txt && n_txt > 0 {
+            txts.push(p.narrow(3, n_img, n_txt)?.contiguous()?);
         }
-        outs.push(p.matmul(v)?);
+        let o = p.matmul(&v_ext)?;
+        if sums {
+            let bs = o.narrow(3, d, 2)?.sum(2)?;
+            block_sums = Some(match block_sums {
+                Some(a) => (a + bs)?,
+                None => bs,
+            });
+            outs.push(o.narrow(3, 0, d)?);
+        } else {
+            outs.push(o);
+        }
         start += c;
     }
+    let (sum_img, sum_txt) = match block_sums {
+        Some(bs) => (
+            Some(bs.narrow(2, 0, 1)?.squeeze(2)?),
+            Some(bs.narrow(2, 1, 1)?.squeeze(2)?),
+        ),
+        None => (None, None),
+    };
     let cat = |parts: Vec<Tensor>| -> Result<Option<Tensor>> {
         Ok(match parts.len() {
             0 => None,
