@@ -6,5 +6,6 @@ pub mod error;
 pub mod io;
 pub mod mmdit;
 pub mod perturb;
+pub mod schedule;
 
 pub use error::{Error, Result};

@@ -225,31 +225,30 @@ fn half_precision_runs_with_f32_probabilities() {
     let fx = fixtures().join("sd35l");
     let inputs = load(&fx.join("inputs.safetensors"));
     let expected = load(&fx.join("expected.safetensors"));
-    let bf16 = load_mmdit(&fx.join("diffusers"), None, DType::BF16, &Device::Cpu);
-    assert!(bf16.err().unwrap().to_string().contains("CUDA"));
-    let dtype = DType::F16;
-    let m = load_mmdit(&fx.join("diffusers"), None, dtype, &Device::Cpu).unwrap();
-    let opts = ForwardOptions {
-        capture: CaptureSpec::maps(),
-        ..Default::default()
-    };
-    let out = m
-        .model
-        .forward(
-            &inputs["hidden_states"],
-            &inputs["timestep"],
-            &inputs["encoder_hidden_states"],
-            &inputs["pooled_projections"],
-            &opts,
-        )
-        .unwrap();
-    let i2t = out.blocks[0].attn.i2t.as_ref().unwrap();
-    assert_eq!(i2t.dtype(), DType::F32);
-    assert_eq!(out.sample.dtype(), DType::F32);
-    let err = max_abs_diff(&out.sample, &expected["output.sample"]);
-    // Half precision is close, not exact.
-    let tol = 0.05;
-    assert!(err < tol, "{dtype:?} output differs by {err}");
-    let perr = max_abs_diff(i2t, &expected["block.0.attn.i2t"]);
-    assert!(perr < 0.05, "{dtype:?} i2t differs by {perr}");
+    for dtype in [DType::F16, DType::BF16] {
+        let m = load_mmdit(&fx.join("diffusers"), None, dtype, &Device::Cpu).unwrap();
+        let opts = ForwardOptions {
+            capture: CaptureSpec::maps(),
+            ..Default::default()
+        };
+        let out = m
+            .model
+            .forward(
+                &inputs["hidden_states"],
+                &inputs["timestep"],
+                &inputs["encoder_hidden_states"],
+                &inputs["pooled_projections"],
+                &opts,
+            )
+            .unwrap();
+        let i2t = out.blocks[0].attn.i2t.as_ref().unwrap();
+        assert_eq!(i2t.dtype(), DType::F32);
+        assert_eq!(out.sample.dtype(), DType::F32);
+        let err = max_abs_diff(&out.sample, &expected["output.sample"]);
+        // Half precision is close, not exact.
+        let tol = if dtype == DType::F16 { 0.05 } else { 0.3 };
+        assert!(err < tol, "{dtype:?} output differs by {err}");
+        let perr = max_abs_diff(i2t, &expected["block.0.attn.i2t"]);
+        assert!(perr < 0.05, "{dtype:?} i2t differs by {perr}");
+    }
 }

@@ -4,10 +4,10 @@
 //! (diffusers v0.42, `models/attention_processor.py`); probabilities are f32.
 
 use candle_core::{DType, Module, Tensor, D};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 use super::config::MmditConfig;
-use super::layers::RmsNorm;
+use super::layers::{linear, Linear, RmsNorm};
 use crate::capture::{AttnCapture, BlockWants};
 use crate::error::Result;
 use crate::perturb::I2tBlur;
@@ -216,7 +216,7 @@ impl JointAttention {
     ) -> candle_core::Result<Self> {
         let d = cfg.inner_dim();
         let hd = cfg.attention_head_dim;
-        let lin = |name: &str| candle_nn::linear(d, d, vb.pp(name));
+        let lin = |name: &str| linear(d, d, vb.pp(name));
         let norm = |name: &str| -> candle_core::Result<Option<RmsNorm>> {
             if cfg.has_qk_norm() {
                 Ok(Some(RmsNorm::new(vb.pp(name), hd, QK_NORM_EPS)?))
@@ -349,7 +349,7 @@ impl SelfAttention {
     pub fn new(vb: VarBuilder, cfg: &MmditConfig) -> candle_core::Result<Self> {
         let d = cfg.inner_dim();
         let hd = cfg.attention_head_dim;
-        let lin = |name: &str| candle_nn::linear(d, d, vb.pp(name));
+        let lin = |name: &str| linear(d, d, vb.pp(name));
         let norm = |name: &str| -> candle_core::Result<Option<RmsNorm>> {
             if cfg.has_qk_norm() {
                 Ok(Some(RmsNorm::new(vb.pp(name), hd, QK_NORM_EPS)?))

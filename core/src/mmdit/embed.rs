@@ -3,9 +3,10 @@
 //! Matches diffusers' `PatchEmbed` and `CombinedTimestepTextProjEmbeddings` (v0.42, `models/embeddings.py`).
 
 use candle_core::{DType, Module, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
+use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
 
 use super::config::MmditConfig;
+use super::layers::{linear, Linear};
 use crate::error::{Error, Result};
 
 /// Patchify convolution plus the loaded position table `[1, M², D]`.
@@ -68,7 +69,18 @@ impl PatchEmbed {
         let (_, _, hh, ww) = x.dims4()?;
         let (h, w) = (hh / self.patch, ww / self.patch);
         let pos = self.cropped_pos_embed(h, w)?;
-        let y = self.proj.forward(x)?.flatten_from(2)?.transpose(1, 2)?;
+        let y = if self.proj.weight().dtype() == x.dtype() {
+            self.proj.forward(x)?
+        } else {
+            let w = self.proj.weight().to_dtype(x.dtype())?;
+            let b = self
+                .proj
+                .bias()
+                .map(|b| b.to_dtype(x.dtype()))
+                .transpose()?;
+            Conv2d::new(w, b, *self.proj.config()).forward(x)?
+        };
+        let y = y.flatten_from(2)?.transpose(1, 2)?;
         Ok(y.broadcast_add(&pos.to_dtype(y.dtype())?)?)
     }
 }
@@ -101,8 +113,8 @@ pub struct Mlp2 {
 impl Mlp2 {
     pub fn new(vb: VarBuilder, din: usize, dout: usize) -> candle_core::Result<Self> {
         Ok(Self {
-            linear_1: candle_nn::linear(din, dout, vb.pp("linear_1"))?,
-            linear_2: candle_nn::linear(dout, dout, vb.pp("linear_2"))?,
+            linear_1: linear(din, dout, vb.pp("linear_1"))?,
+            linear_2: linear(dout, dout, vb.pp("linear_2"))?,
         })
     }
 

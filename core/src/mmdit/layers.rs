@@ -3,9 +3,32 @@
 //! backward pass), so the same layers serve inference and training.
 
 use candle_core::{DType, Module, Tensor, D};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 use crate::error::Result;
+
+/// A linear layer whose weights may be stored in another dtype than the activations (bf16
+/// weights on CPU, where candle has no bf16 matmul, are cast to the activations' dtype at use).
+#[derive(Debug, Clone)]
+pub struct Linear(candle_nn::Linear);
+
+/// Loads `weight [dout, din]` and `bias [dout]` under `vb`.
+pub fn linear(din: usize, dout: usize, vb: VarBuilder) -> candle_core::Result<Linear> {
+    candle_nn::linear(din, dout, vb).map(Linear)
+}
+
+impl Module for Linear {
+    /// # Shapes
+    /// `x: [.., din]` → `[.., dout]`
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if self.0.weight().dtype() == x.dtype() {
+            return self.0.forward(x);
+        }
+        let w = self.0.weight().to_dtype(x.dtype())?;
+        let b = self.0.bias().map(|b| b.to_dtype(x.dtype())).transpose()?;
+        candle_nn::Linear::new(w, b).forward(x)
+    }
+}
 
 /// Layer norm without affine parameters, computed in f32 whatever the input dtype.
 ///
@@ -73,7 +96,7 @@ pub struct AdaLn {
 impl AdaLn {
     pub fn new(vb: VarBuilder, dim: usize, chunks: usize) -> candle_core::Result<Self> {
         Ok(Self {
-            linear: candle_nn::linear(dim, chunks * dim, vb.pp("linear"))?,
+            linear: linear(dim, chunks * dim, vb.pp("linear"))?,
             chunks,
         })
     }
@@ -96,8 +119,8 @@ pub struct FeedForward {
 impl FeedForward {
     pub fn new(vb: VarBuilder, dim: usize) -> candle_core::Result<Self> {
         Ok(Self {
-            proj_in: candle_nn::linear(dim, 4 * dim, vb.pp("net.0.proj"))?,
-            proj_out: candle_nn::linear(4 * dim, dim, vb.pp("net.2"))?,
+            proj_in: linear(dim, 4 * dim, vb.pp("net.0.proj"))?,
+            proj_out: linear(4 * dim, dim, vb.pp("net.2"))?,
         })
     }
 

@@ -6,14 +6,14 @@ use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 use super::attention::AttnRun;
 use super::block::JointBlock;
 use super::checkpoint::{loading_error, Checkpoint, CheckpointBackend, Layout};
 use super::config::{MmditConfig, Variant};
 use super::embed::{PatchEmbed, TimeTextEmbed};
-use super::layers::{layer_norm, modulate, AdaLn};
+use super::layers::{layer_norm, linear, modulate, AdaLn, Linear};
 use crate::capture::{BlockCapture, CaptureSpec};
 use crate::error::{Error, Result};
 use crate::perturb::{BlurSpec, I2tBlur};
@@ -69,7 +69,10 @@ pub struct Mmdit {
     blocks: Vec<JointBlock>,
     norm_out: AdaLn,
     proj_out: Linear,
+    /// Weight storage dtype.
     dtype: DType,
+    /// Activation dtype (f32 for bf16 weights on CPU).
+    compute: DType,
     device: Device,
 }
 
@@ -85,15 +88,20 @@ impl Mmdit {
             cfg: cfg.clone(),
             pos_embed: PatchEmbed::new(vb.pp("pos_embed"), cfg)?,
             time_text_embed: TimeTextEmbed::new(vb.pp("time_text_embed"), cfg)?,
-            context_embedder: candle_nn::linear(
+            context_embedder: linear(
                 cfg.joint_attention_dim,
                 cfg.caption_projection_dim,
                 vb.pp("context_embedder"),
             )?,
             blocks,
             norm_out: AdaLn::new(vb.pp("norm_out"), d, 2)?,
-            proj_out: candle_nn::linear(d, p * p * cfg.out_channels(), vb.pp("proj_out"))?,
+            proj_out: linear(d, p * p * cfg.out_channels(), vb.pp("proj_out"))?,
             dtype: vb.dtype(),
+            compute: if vb.dtype() == DType::BF16 && vb.device().is_cpu() {
+                DType::F32
+            } else {
+                vb.dtype()
+            },
             device: vb.device().clone(),
         })
     }
@@ -102,8 +110,14 @@ impl Mmdit {
         &self.cfg
     }
 
+    /// Weight storage dtype.
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    /// Activation dtype: the weight dtype, except f32 for bf16 weights on CPU.
+    pub fn compute_dtype(&self) -> DType {
+        self.compute
     }
 
     pub fn device(&self) -> &Device {
@@ -187,9 +201,9 @@ impl Mmdit {
             Some(b) if !b.layers.is_empty() => Some(I2tBlur::new(b, n_txt, &self.device)?),
             _ => None,
         };
-        let x = x.to_dtype(self.dtype)?;
-        let ctx = ctx.to_dtype(self.dtype)?;
-        let pooled = pooled.to_dtype(self.dtype)?;
+        let x = x.to_dtype(self.compute)?;
+        let ctx = ctx.to_dtype(self.compute)?;
+        let pooled = pooled.to_dtype(self.compute)?;
 
         let mut img = self.pos_embed.forward(&x)?;
         let temb = self.time_text_embed.forward(t, &pooled)?;
@@ -254,12 +268,6 @@ pub fn load_mmdit(
     dtype: DType,
     device: &Device,
 ) -> Result<LoadedMmdit> {
-    if dtype == DType::BF16 && device.is_cpu() {
-        return Err(Error::Input(
-            "bf16 needs a CUDA build (candle has no bf16 matmul on CPU); use --dtype f32 or f16"
-                .into(),
-        ));
-    }
     if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
         return Err(Error::Input(format!(
             "unsupported model dtype {dtype:?}; use f32, f16 or bf16"
