@@ -55,7 +55,8 @@ impl FlowMatchEuler {
         }
         let n = self.num_train_timesteps as f32;
         // Training table: σ = shift(t/N) for t = N..1 (f32), whose ends bound the inference range.
-        let sigma_max = self.shifted_f32(n / n) as f64;
+        // t = N gives σ = shift(1) = 1 exactly.
+        let sigma_max = self.shifted_f32(1.0) as f64;
         let sigma_min = self.shifted_f32(1.0 / n) as f64;
         let nf = self.num_train_timesteps as f64;
         let (t0, t1) = (sigma_max * nf, sigma_min * nf);
