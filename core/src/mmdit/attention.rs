@@ -179,6 +179,24 @@ fn attend(
     })
 }
 
+/// A `[D, D]` projection of an attention layer.
+fn proj(vb: &VarBuilder, cfg: &MmditConfig, name: &str) -> candle_core::Result<Linear> {
+    linear(cfg.inner_dim(), cfg.inner_dim(), vb.pp(name))
+}
+
+/// The per-head RMS norm of q or k, when the model has qk-norm.
+fn qk_norm(vb: &VarBuilder, cfg: &MmditConfig, name: &str) -> candle_core::Result<Option<RmsNorm>> {
+    if cfg.has_qk_norm() {
+        Ok(Some(RmsNorm::new(
+            vb.pp(name),
+            cfg.attention_head_dim,
+            QK_NORM_EPS,
+        )?))
+    } else {
+        Ok(None)
+    }
+}
+
 /// The joint attention of one SD3 block (diffusers `Attention` with `added_kv_proj_dim`).
 #[derive(Debug, Clone)]
 pub struct JointAttention {
@@ -214,16 +232,8 @@ impl JointAttention {
         cfg: &MmditConfig,
         context_pre_only: bool,
     ) -> candle_core::Result<Self> {
-        let d = cfg.inner_dim();
-        let hd = cfg.attention_head_dim;
-        let lin = |name: &str| linear(d, d, vb.pp(name));
-        let norm = |name: &str| -> candle_core::Result<Option<RmsNorm>> {
-            if cfg.has_qk_norm() {
-                Ok(Some(RmsNorm::new(vb.pp(name), hd, QK_NORM_EPS)?))
-            } else {
-                Ok(None)
-            }
-        };
+        let lin = |name: &str| proj(&vb, cfg, name);
+        let norm = |name: &str| qk_norm(&vb, cfg, name);
         Ok(Self {
             to_q: lin("to_q")?,
             to_k: lin("to_k")?,
@@ -242,7 +252,7 @@ impl JointAttention {
                 Some(lin("to_add_out")?)
             },
             heads: cfg.num_attention_heads,
-            head_dim: hd,
+            head_dim: cfg.attention_head_dim,
         })
     }
 
@@ -347,16 +357,8 @@ pub struct SelfAttention {
 
 impl SelfAttention {
     pub fn new(vb: VarBuilder, cfg: &MmditConfig) -> candle_core::Result<Self> {
-        let d = cfg.inner_dim();
-        let hd = cfg.attention_head_dim;
-        let lin = |name: &str| linear(d, d, vb.pp(name));
-        let norm = |name: &str| -> candle_core::Result<Option<RmsNorm>> {
-            if cfg.has_qk_norm() {
-                Ok(Some(RmsNorm::new(vb.pp(name), hd, QK_NORM_EPS)?))
-            } else {
-                Ok(None)
-            }
-        };
+        let lin = |name: &str| proj(&vb, cfg, name);
+        let norm = |name: &str| qk_norm(&vb, cfg, name);
         Ok(Self {
             to_q: lin("to_q")?,
             to_k: lin("to_k")?,
@@ -365,7 +367,7 @@ impl SelfAttention {
             norm_k: norm("norm_k")?,
             to_out: lin("to_out.0")?,
             heads: cfg.num_attention_heads,
-            head_dim: hd,
+            head_dim: cfg.attention_head_dim,
         })
     }
 
