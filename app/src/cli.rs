@@ -18,6 +18,16 @@ pub enum Command {
     Forward(ForwardArgs),
     /// Time a forward of an SD3-medium-size random-weight model with and without capture.
     Bench(BenchArgs),
+    /// Generate an image from a prompt with the embedded model (or --model DIR).
+    Generate(GenerateArgs),
+    /// Open-vocabulary segmentation of an image from one block's I2T maps.
+    Segment(SegmentArgs),
+    /// Evaluate segmentation on a dataset folder (images/, labels/, classes.txt).
+    Eval(EvalArgs),
+    /// Write a held-out set of shapes-world scenes as an evaluation dataset.
+    MakeDataset(MakeDatasetArgs),
+    /// Train the embedded model on the shapes world (reproducible from its seed, resumable).
+    Train(TrainArgs),
 }
 
 /// Model dtype.
@@ -97,4 +107,140 @@ pub struct BenchArgs {
     /// Write the figures as JSON here too.
     #[arg(long)]
     pub json: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Run folder: checkpoints (a loadable model), optimiser state, loss.csv.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Model + training config (JSON, as written to OUT/train_state.json); default: the shipped recipe.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Total optimisation steps.
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Seed of data, noise and initialisation.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Continue the run saved in this folder.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Block whose head-mean I2T maps are aligned with the object masks (MAGNET loss).
+    #[arg(long)]
+    pub mask_align_layer: Option<usize>,
+    /// Weight of the mask-alignment loss (0 = plain flow matching).
+    #[arg(long)]
+    pub mask_align_weight: Option<f64>,
+    /// Plain flow matching (no mask alignment), as the shipped plain model.
+    #[arg(long)]
+    pub plain: bool,
+    /// Batch size.
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Peak learning rate.
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Steps between checkpoints.
+    #[arg(long)]
+    pub checkpoint_every: Option<usize>,
+}
+
+/// Which embedded-family model to use.
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    /// A model folder written by `ditlens train` (default: the embedded model).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Which embedded model: aligned (default) or plain.
+    #[arg(long)]
+    pub embedded: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long)]
+    pub prompt: String,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 28)]
+    pub steps: usize,
+    /// Classifier-free guidance scale.
+    #[arg(long, default_value_t = 4.0)]
+    pub guidance: f64,
+    /// Output PNG.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Enlarge the PNG by this factor (nearest neighbour) for viewing.
+    #[arg(long, default_value_t = 1)]
+    pub upscale: u32,
+    #[command(flatten)]
+    pub blur: BlurArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct SegmentArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Image to segment (any size; squashed to the model's input).
+    #[arg(long)]
+    pub image: PathBuf,
+    /// Comma-separated class names, e.g. "circle,square,background".
+    #[arg(long)]
+    pub classes: String,
+    /// Block whose I2T maps are read (default: the model's expert layer).
+    #[arg(long)]
+    pub layer: Option<usize>,
+    /// Seed of the noise added to the image.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Step index whose σ noises the image (of --steps).
+    #[arg(long, default_value_t = 20)]
+    pub step_index: usize,
+    #[arg(long, default_value_t = 28)]
+    pub steps: usize,
+    /// 8-bit label PNG (value = index in --classes).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Colour overlay PNG.
+    #[arg(long)]
+    pub overlay: Option<PathBuf>,
+    /// JSON summary (classes, layer, σ, pixel shares).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Dataset folder: images/NAME.png|jpg, labels/NAME.png, classes.txt.
+    #[arg(long)]
+    pub dataset: PathBuf,
+    /// Block to evaluate (default: the model's expert layer).
+    #[arg(long, conflicts_with = "layers")]
+    pub layer: Option<usize>,
+    /// `all` evaluates every block and reports the best.
+    #[arg(long)]
+    pub layers: Option<String>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct MakeDatasetArgs {
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 200)]
+    pub count: usize,
+    /// Seed (use one never used in training for a held-out set).
+    #[arg(long, default_value_t = 777)]
+    pub seed: u64,
+    /// Image side in pixels.
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
 }

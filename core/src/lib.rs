@@ -2,10 +2,14 @@
 //! No GUI dependency; the `ditlens` binary (CLI and window) is built on it.
 
 pub mod capture;
+pub mod embedded;
 pub mod error;
+pub mod export;
 pub mod io;
+pub mod metrics;
 pub mod mmdit;
 pub mod perturb;
 pub mod schedule;
+pub mod shapes;
 
 pub use error::{Error, Result};

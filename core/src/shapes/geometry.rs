@@ -1,5 +1,7 @@
 //! Point-in-shape tests: each shape is defined in unit coordinates and placed by centre, size and rotation.
 
+use std::ops::Range;
+
 use rand::Rng;
 
 use super::vocab::Shape;
@@ -179,6 +181,16 @@ impl PlacedShape {
         }
     }
 
+    /// The pixel columns and rows of a `width × width` grid that the shape can touch.
+    pub fn pixel_bounds(&self, width: usize) -> (Range<usize>, Range<usize>) {
+        let span = |c: f64| {
+            let lo = (c - self.reach).floor().max(0.0) as usize;
+            let hi = ((c + self.reach).ceil().max(0.0) as usize).min(width);
+            lo.min(hi)..hi
+        };
+        (span(self.placement.cx), span(self.placement.cy))
+    }
+
     /// The pixels of a `width × width` grid whose centre lies in the shape (row-major).
     pub fn centre_mask(&self, width: usize) -> Vec<bool> {
         (0..width * width)
@@ -215,7 +227,10 @@ mod tests {
         let mask = at_centre(Shape::Circle, 8.0, 0.0).centre_mask(16);
         assert_eq!(count(&mask), 52);
         assert!(mask[8 * 16 + 8] && mask[4 * 16 + 8] && !mask[3 * 16 + 8]);
-        assert!(!mask[4 * 16 + 4], "corner (4.5, 4.5) is 4.95 from the centre");
+        assert!(
+            !mask[4 * 16 + 4],
+            "corner (4.5, 4.5) is 4.95 from the centre"
+        );
     }
 
     #[test]
@@ -224,14 +239,21 @@ mod tests {
         assert_eq!(count(&mask), 64);
         for (i, m) in mask.iter().enumerate() {
             let (x, y) = (i % 16, i / 16);
-            assert_eq!(*m, (4..12).contains(&x) && (4..12).contains(&y), "({x}, {y})");
+            assert_eq!(
+                *m,
+                (4..12).contains(&x) && (4..12).contains(&y),
+                "({x}, {y})"
+            );
         }
         // A quarter turn changes nothing; an eighth turn makes a diamond of equal area.
         let turned = at_centre(Shape::Square, 8.0, std::f64::consts::FRAC_PI_2).centre_mask(16);
         assert_eq!(turned, mask);
         let tilted = at_centre(Shape::Square, 8.0, std::f64::consts::FRAC_PI_4).centre_mask(16);
         assert!((60..=68).contains(&count(&tilted)), "{}", count(&tilted));
-        assert!(tilted[8 * 16 + 3] && !mask[8 * 16 + 3], "a corner now reaches x = 3.5");
+        assert!(
+            tilted[8 * 16 + 3] && !mask[8 * 16 + 3],
+            "a corner now reaches x = 3.5"
+        );
     }
 
     #[test]

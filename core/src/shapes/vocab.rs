@@ -45,7 +45,12 @@ pub fn word_index(word: &str) -> Option<usize> {
     vocabulary().iter().position(|w| *w == word)
 }
 
-fn lookup<T: Copy>(kind: &'static str, words: &[&str], all: &[T], word: &str) -> Result<T, ShapesError> {
+fn lookup<T: Copy>(
+    kind: &'static str,
+    words: &[&str],
+    all: &[T],
+    word: &str,
+) -> Result<T, ShapesError> {
     words
         .iter()
         .position(|w| *w == word)

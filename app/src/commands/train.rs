@@ -1,0 +1,139 @@
+//! `ditlens train`: trains the embedded model with a progress bar, a loss CSV and resumable
+//! checkpoints.
+
+use std::io::Write;
+use std::time::Instant;
+
+use anyhow::Context;
+use candle_core::Device;
+use ditlens_core::embedded::{EmbeddedConfig, ToyConfig, TrainConfig, Trainer};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::cli::TrainArgs;
+
+/// The run's config: file or shipped recipe, with command-line overrides.
+fn config(a: &TrainArgs) -> anyhow::Result<ToyConfig> {
+    let mut c = match &a.config {
+        Some(p) => ToyConfig::from_file(p)?,
+        None => ToyConfig {
+            model: EmbeddedConfig::default_toy(),
+            train: TrainConfig::default_toy(!a.plain),
+        },
+    };
+    let t = &mut c.train;
+    if let Some(v) = a.steps {
+        t.steps = v;
+    }
+    if let Some(v) = a.seed {
+        t.seed = v;
+    }
+    if let Some(v) = a.batch {
+        t.batch = v;
+    }
+    if let Some(v) = a.lr {
+        t.lr = v;
+    }
+    if let Some(v) = a.checkpoint_every {
+        t.checkpoint_every = v.max(1);
+    }
+    if a.plain {
+        t.mask_align_layer = None;
+    }
+    if let Some(v) = a.mask_align_layer {
+        t.mask_align_layer = Some(v);
+    }
+    if let Some(v) = a.mask_align_weight {
+        t.mask_align_weight = v;
+    }
+    if let Some(l) = t.mask_align_layer {
+        anyhow::ensure!(
+            l < c.model.transformer.num_layers,
+            "--mask-align-layer {l} is not a block of the model (0..{})",
+            c.model.transformer.num_layers - 1
+        );
+    }
+    anyhow::ensure!(
+        t.batch > 0 && t.steps > 0,
+        "steps and batch must be positive"
+    );
+    Ok(c)
+}
+
+pub fn run(a: TrainArgs) -> anyhow::Result<()> {
+    let dev = Device::Cpu;
+    let mut trainer = match &a.resume {
+        Some(dir) => {
+            let mut t = Trainer::resume(dir, &dev)
+                .with_context(|| format!("resuming from {}", dir.display()))?;
+            if let Some(s) = a.steps {
+                t.config.train.steps = s;
+            }
+            t
+        }
+        None => Trainer::new(config(&a)?, &dev)?,
+    };
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let total = trainer.config.train.steps;
+    let every = trainer.config.train.checkpoint_every;
+    eprintln!(
+        "training {} steps (batch {}, mask alignment {}) into {}",
+        total,
+        trainer.config.train.batch,
+        match trainer.config.train.mask_align_layer {
+            Some(l) if trainer.config.train.mask_align_weight > 0.0 => format!(
+                "at block {l}, weight {}",
+                trainer.config.train.mask_align_weight
+            ),
+            _ => "off".into(),
+        },
+        a.out.display()
+    );
+    let csv_path = a.out.join("loss.csv");
+    let fresh = !csv_path.exists() || trainer.step == 0;
+    let mut csv = std::fs::OpenOptions::new()
+        .create(true)
+        .append(!fresh)
+        .write(true)
+        .truncate(fresh)
+        .open(&csv_path)
+        .with_context(|| format!("opening {}", csv_path.display()))?;
+    if fresh {
+        writeln!(csv, "step,loss,mse,align,lr,seconds")?;
+    }
+    let bar = ProgressBar::new(total as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} {per_sec} eta {eta} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_position(trainer.step as u64);
+    let start = Instant::now();
+    let mut smooth = None::<f64>;
+    while trainer.step < total {
+        let s = trainer.train_step()?;
+        smooth = Some(smooth.map_or(s.loss, |m| 0.98 * m + 0.02 * s.loss));
+        writeln!(
+            csv,
+            "{},{:.6},{:.6},{:.6},{:.3e},{:.1}",
+            s.step,
+            s.loss,
+            s.mse,
+            s.align,
+            s.lr,
+            start.elapsed().as_secs_f64()
+        )?;
+        bar.set_position(s.step as u64);
+        bar.set_message(format!(
+            "loss {:.4} (mse {:.4}, align {:.3})",
+            smooth.unwrap_or(s.loss),
+            s.mse,
+            s.align
+        ));
+        if s.step % every == 0 || s.step == total {
+            csv.flush()?;
+            trainer.save(&a.out)?;
+        }
+    }
+    bar.finish();
+    eprintln!("done: {} steps, model in {}", trainer.step, a.out.display());
+    Ok(())
+}

@@ -1,0 +1,172 @@
+//! Configuration of the embedded model (transformer, text encoder, image size, expert layer) and
+//! of its training run, read from and written to JSON.
+
+use serde::{Deserialize, Serialize};
+
+use super::text_encoder::TextEncoderConfig;
+use crate::error::{Error, Result};
+use crate::mmdit::MmditConfig;
+use crate::shapes::vocabulary;
+
+/// The model: what a saved embedded model folder's `model.json` holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmbeddedConfig {
+    /// Square RGB input side in pixels (pixel space, no codec).
+    pub image_size: usize,
+    pub transformer: MmditConfig,
+    pub text: TextEncoderConfig,
+    /// Block whose I2T maps segment best (the default `--layer`).
+    pub expert_layer: usize,
+    /// Sampling schedule shift.
+    pub shift: f64,
+}
+
+/// One training run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub steps: usize,
+    pub batch: usize,
+    pub lr: f64,
+    pub warmup: usize,
+    pub weight_decay: f64,
+    pub seed: u64,
+    /// Extra loss weight on object pixels (objects are a small share of pixels).
+    pub object_weight: f64,
+    /// Block whose head-mean I2T maps are aligned with the masks (MAGNET), if any.
+    pub mask_align_layer: Option<usize>,
+    pub mask_align_weight: f64,
+    /// Steps between checkpoints.
+    pub checkpoint_every: usize,
+    /// Share of captions whose word order is shuffled / words dropped (robustness).
+    pub shuffle_prob: f64,
+    pub word_dropout: f64,
+}
+
+/// A `--config toy.json` file: model and training together.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToyConfig {
+    pub model: EmbeddedConfig,
+    pub train: TrainConfig,
+}
+
+impl EmbeddedConfig {
+    /// The shipped size: 32×32 RGB, patch 2 (16×16 tokens), 6 blocks of 4 heads × 32.
+    pub fn default_toy() -> Self {
+        let dim = 128;
+        let vocab = vocabulary().len() + 2;
+        Self {
+            image_size: 32,
+            transformer: MmditConfig {
+                sample_size: 32,
+                patch_size: 2,
+                in_channels: 3,
+                num_layers: 6,
+                attention_head_dim: 32,
+                num_attention_heads: 4,
+                joint_attention_dim: dim,
+                caption_projection_dim: dim,
+                pooled_projection_dim: 8,
+                out_channels: Some(3),
+                pos_embed_max_size: 16,
+                dual_attention_layers: vec![],
+                qk_norm: None,
+            },
+            text: TextEncoderConfig {
+                vocab_size: vocab,
+                max_len: 20,
+                dim,
+                layers: 2,
+                heads: 4,
+            },
+            expert_layer: 3,
+            shift: 3.0,
+        }
+    }
+
+    /// A very small size for tests.
+    pub fn tiny() -> Self {
+        let mut c = Self::default_toy();
+        c.image_size = 16;
+        c.transformer.num_layers = 2;
+        c.transformer.num_attention_heads = 2;
+        c.transformer.attention_head_dim = 16;
+        c.transformer.caption_projection_dim = 32;
+        c.transformer.joint_attention_dim = 32;
+        c.transformer.pos_embed_max_size = 8;
+        c.text.dim = 32;
+        c.text.layers = 1;
+        c.text.heads = 2;
+        c.expert_layer = 1;
+        c
+    }
+
+    /// Checks sizes that must agree.
+    pub fn validate(&self) -> Result<()> {
+        self.transformer.validate()?;
+        let t = &self.transformer;
+        if !self.image_size.is_multiple_of(t.patch_size)
+            || self.image_size / t.patch_size > t.pos_embed_max_size
+        {
+            return Err(Error::Config(format!(
+                "image_size {} does not fit patch {} and position table {}",
+                self.image_size, t.patch_size, t.pos_embed_max_size
+            )));
+        }
+        if t.joint_attention_dim != self.text.dim {
+            return Err(Error::Config(
+                "joint_attention_dim must equal the text encoder dim".into(),
+            ));
+        }
+        if self.text.vocab_size != vocabulary().len() + 2 {
+            return Err(Error::Config(format!(
+                "text vocab_size must be {} (the shapes vocabulary plus BOS/EOS)",
+                vocabulary().len() + 2
+            )));
+        }
+        if self.expert_layer >= t.num_layers {
+            return Err(Error::Config(
+                "expert_layer is not a block of the model".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl TrainConfig {
+    pub fn default_toy(aligned: bool) -> Self {
+        Self {
+            steps: 20_000,
+            batch: 32,
+            lr: 1e-3,
+            warmup: 500,
+            weight_decay: 1e-4,
+            seed: 20261122,
+            object_weight: 3.0,
+            mask_align_layer: aligned.then_some(3),
+            mask_align_weight: 0.5,
+            checkpoint_every: 250,
+            shuffle_prob: 0.3,
+            word_dropout: 0.05,
+        }
+    }
+
+    /// Learning rate at `step`: linear warm-up, then cosine to zero.
+    pub fn lr_at(&self, step: usize) -> f64 {
+        if step < self.warmup {
+            return self.lr * (step + 1) as f64 / self.warmup as f64;
+        }
+        let span = (self.steps.saturating_sub(self.warmup)).max(1) as f64;
+        let p = ((step - self.warmup) as f64 / span).min(1.0);
+        self.lr * 0.5 * (1.0 + (std::f64::consts::PI * p).cos())
+    }
+}
+
+impl ToyConfig {
+    pub fn from_file(path: &std::path::Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let c: ToyConfig = serde_json::from_str(&text)
+            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        c.model.validate()?;
+        Ok(c)
+    }
+}

@@ -1,0 +1,16 @@
+//! The embedded default model: a tiny SD3-architecture MM-DiT in pixel space with a word-level
+//! text encoder, trained by the project on the shapes world.
+
+pub mod config;
+pub mod eval;
+pub mod model;
+pub mod optim;
+pub mod pipeline;
+pub mod text_encoder;
+pub mod tokenizer;
+pub mod train;
+
+pub use config::{EmbeddedConfig, ToyConfig, TrainConfig};
+pub use model::EmbeddedModel;
+pub use tokenizer::{Tokens, WordTokenizer};
+pub use train::{StepStats, Trainer};

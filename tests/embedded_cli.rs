@@ -1,0 +1,290 @@
+//! End-to-end tests of the embedded-model commands on a tiny freshly initialised model:
+//! `make-dataset`, `generate`, `segment`, `eval`, and their errors. (Quality of the shipped model
+//! is measured by `ditlens eval`, not asserted here.)
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use candle_core::Device;
+use ditlens_core::embedded::{EmbeddedConfig, ToyConfig, TrainConfig, Trainer};
+
+fn ditlens(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ditlens"))
+        .args(args)
+        .output()
+        .expect("run ditlens")
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = ditlens(args);
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn err(args: &[&str], needle: &str) {
+    let o = ditlens(args);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{args:?} should fail");
+    assert!(!e.contains("panicked"), "{e}");
+    assert!(e.contains(needle), "`{needle}` not in {e}");
+}
+
+/// A tiny model trained for a few steps, saved as a model folder.
+fn tiny_model(dir: &Path) -> PathBuf {
+    let cfg = ToyConfig {
+        model: EmbeddedConfig::tiny(),
+        train: TrainConfig {
+            steps: 3,
+            batch: 2,
+            ..TrainConfig::default_toy(false)
+        },
+    };
+    let mut t = Trainer::new(cfg, &Device::Cpu).unwrap();
+    for _ in 0..3 {
+        t.train_step().unwrap();
+    }
+    let m = dir.join("model");
+    t.save(&m).unwrap();
+    m
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn generate_segment_eval_on_a_tiny_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path());
+    let data = tmp.path().join("data");
+    ok(&[
+        "make-dataset",
+        "--out",
+        s(&data),
+        "--count",
+        "3",
+        "--seed",
+        "5",
+        "--size",
+        "24",
+    ]);
+    let classes = std::fs::read_to_string(data.join("classes.txt")).unwrap();
+    assert_eq!(classes.lines().next(), Some("background"));
+    assert_eq!(classes.lines().count(), 9);
+
+    let img = tmp.path().join("g.png");
+    ok(&[
+        "generate",
+        "--model",
+        s(&model),
+        "--prompt",
+        "a red circle on a plain background",
+        "--steps",
+        "3",
+        "--seed",
+        "1",
+        "--out",
+        s(&img),
+        "--upscale",
+        "2",
+    ]);
+    let g = image::open(&img).unwrap();
+    assert_eq!(
+        (g.width(), g.height()),
+        (32, 32),
+        "16-pixel model output upscaled twice"
+    );
+    // Same seed, same image.
+    let img2 = tmp.path().join("g2.png");
+    ok(&[
+        "generate",
+        "--model",
+        s(&model),
+        "--prompt",
+        "a red circle on a plain background",
+        "--steps",
+        "3",
+        "--seed",
+        "1",
+        "--out",
+        s(&img2),
+        "--upscale",
+        "2",
+    ]);
+    assert_eq!(std::fs::read(&img).unwrap(), std::fs::read(&img2).unwrap());
+
+    let scene = data.join("images/000000.png");
+    let labels = tmp.path().join("l.png");
+    let overlay = tmp.path().join("o.png");
+    let json = tmp.path().join("s.json");
+    ok(&[
+        "segment",
+        "--model",
+        s(&model),
+        "--image",
+        s(&scene),
+        "--classes",
+        "circle, square,background",
+        "--layer",
+        "0",
+        "--out",
+        s(&labels),
+        "--overlay",
+        s(&overlay),
+        "--json",
+        s(&json),
+    ]);
+    let l = image::open(&labels).unwrap().to_luma8();
+    assert_eq!(
+        (l.width(), l.height()),
+        (24, 24),
+        "labels at the image's size"
+    );
+    assert!(l.pixels().all(|p| p.0[0] < 3));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let total: f64 = v["shares"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|x| x.as_f64().unwrap())
+        .sum();
+    assert!((total - 1.0).abs() < 1e-9);
+    assert_eq!(v["layer"], 0);
+    assert!(
+        (v["sigma"].as_f64().unwrap() - 0.5151).abs() < 1e-3,
+        "t = 8 of 28 under shift 3"
+    );
+    assert_eq!(v["class_tokens"], serde_json::json!([[1], [2], [3]]));
+    let counted = l.pixels().filter(|p| p.0[0] == 2).count() as f64 / 576.0;
+    assert!((counted - v["shares"]["background"].as_f64().unwrap()).abs() < 1e-9);
+
+    let out = tmp.path().join("e.json");
+    let table = ok(&[
+        "eval",
+        "--model",
+        s(&model),
+        "--dataset",
+        s(&data),
+        "--layers",
+        "all",
+        "--json",
+        s(&out),
+    ]);
+    assert!(table.contains("best"));
+    let e: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    assert_eq!(e["images"], 3);
+    assert_eq!(e["layers"].as_array().unwrap().len(), 2);
+    let best = e["best_layer"].as_u64().unwrap() as usize;
+    let miou = e["miou"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&miou));
+    assert_eq!(e["layers"][best]["miou"].as_f64().unwrap(), miou);
+}
+
+#[test]
+fn embedded_commands_fail_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path());
+    let m = s(&model);
+    let o = s(tmp.path());
+    let out = tmp.path().join("x.png");
+    err(
+        &[
+            "generate",
+            "--model",
+            m,
+            "--prompt",
+            "a red dog",
+            "--out",
+            s(&out),
+        ],
+        "unknown word `dog`",
+    );
+    let scene = tmp.path().join("scene.png");
+    image::RgbImage::new(20, 12).save(&scene).unwrap();
+    err(
+        &[
+            "segment",
+            "--model",
+            m,
+            "--image",
+            s(&scene),
+            "--classes",
+            " , ",
+            "--out",
+            s(&out),
+        ],
+        "--classes is empty",
+    );
+    err(
+        &[
+            "segment",
+            "--model",
+            m,
+            "--image",
+            s(&scene),
+            "--classes",
+            "circle,tree",
+            "--out",
+            s(&out),
+        ],
+        "unknown word `tree`",
+    );
+    err(
+        &[
+            "segment",
+            "--model",
+            m,
+            "--image",
+            s(&scene),
+            "--classes",
+            "circle",
+            "--layer",
+            "9",
+            "--out",
+            s(&out),
+        ],
+        "layer 9 does not exist",
+    );
+    let bad = tmp.path().join("bad.png");
+    std::fs::write(&bad, b"not an image").unwrap();
+    err(
+        &[
+            "segment",
+            "--model",
+            m,
+            "--image",
+            s(&bad),
+            "--classes",
+            "circle",
+            "--out",
+            s(&out),
+        ],
+        "cannot read image",
+    );
+    err(
+        &[
+            "generate",
+            "--model",
+            o,
+            "--prompt",
+            "circle",
+            "--out",
+            s(&out),
+        ],
+        "model.json",
+    );
+    err(
+        &[
+            "eval",
+            "--model",
+            m,
+            "--dataset",
+            s(&tmp.path().join("none")),
+        ],
+        "none",
+    );
+}
