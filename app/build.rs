@@ -14,7 +14,9 @@ fn main() {
     let mut code = String::from(
         "/// Shipped models: (name, model.json, transformer weights, text encoder weights).\n",
     );
-    code.push_str("pub type Shipped = (&'static str, &'static [u8], &'static [u8], &'static [u8]);\n");
+    code.push_str(
+        "pub type Shipped = (&'static str, &'static [u8], &'static [u8], &'static [u8]);\n",
+    );
     code.push_str("pub const MODELS: &[Shipped] = &[\n");
     for name in ["aligned", "plain"] {
         let dir = root.join(name);

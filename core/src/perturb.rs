@@ -109,6 +109,11 @@ impl I2tBlur {
         })
     }
 
+    /// Whether rows are divided by their new sum after the blur.
+    pub fn renormalises(&self) -> bool {
+        self.renorm
+    }
+
     /// Blurs the text-key columns of image-query rows.
     ///
     /// # Shapes

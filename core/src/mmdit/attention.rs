@@ -89,41 +89,19 @@ fn attend(
     blur: Option<&I2tBlur>,
     run: &AttnRun,
 ) -> Result<Attended> {
-    let (b, h, t, d) = q.dims4()?;
+    let (b, h, t, _) = q.dims4()?;
     let s = k.dim(2)?;
     let n_txt = s - n_img;
     let kt = k.t()?;
     let rows = chunk_rows(b, h, s, run.chunk_bytes);
-    // Block sums come out of the value matmul: P·[V | 1_img | 1_txt] carries Σ over image keys
-    // and Σ over text keys as two extra columns, so no pass over the N×(N+L) chunk is added.
-    let v_ext = if sums {
-        let dev = v.device();
-        let ind = Tensor::cat(
-            &[
-                Tensor::cat(
-                    &[
-                        Tensor::ones((n_img, 1), DType::F32, dev)?,
-                        Tensor::zeros((n_img, 1), DType::F32, dev)?,
-                    ],
-                    1,
-                )?,
-                Tensor::cat(
-                    &[
-                        Tensor::zeros((n_txt, 1), DType::F32, dev)?,
-                        Tensor::ones((n_txt, 1), DType::F32, dev)?,
-                    ],
-                    1,
-                )?,
-            ],
-            0,
-        )?;
-        let ind = ind.reshape((1, 1, s, 2))?.broadcast_as((b, h, s, 2))?;
-        Tensor::cat(&[v, &ind], 3)?.contiguous()?
-    } else {
-        v.clone()
-    };
     let (mut outs, mut imgs, mut txts) = (vec![], vec![], vec![]);
-    let mut block_sums: Option<Tensor> = None;
+    let (mut sum_img, mut sum_txt): (Option<Tensor>, Option<Tensor>) = (None, None);
+    let add = |acc: Option<Tensor>, x: Tensor| -> Result<Option<Tensor>> {
+        Ok(Some(match acc {
+            Some(a) => (a + x)?,
+            None => x,
+        }))
+    };
     let mut start = 0;
     while start < t {
         let c = rows.min(t - start);
@@ -134,35 +112,59 @@ fn attend(
         };
         let scores = qc.matmul(&kt)?;
         let mut p = softmax(&scores, run.differentiable)?;
+        // A blur without renormalisation leaves the image block as it was: its sum is then
+        // "rows minus the text mass before the blur".
+        let raw_txt = match blur {
+            Some(bl) if sums && !bl.renormalises() && n_txt > 0 => {
+                Some(p.narrow(3, n_img, n_txt)?.contiguous()?.sum((2, 3))?)
+            }
+            _ => None,
+        };
         if let Some(blur) = blur {
             p = blur.apply(&p, n_img)?;
         }
-        if keep_img {
-            imgs.push(p.narrow(3, 0, n_img)?.contiguous()?);
-        }
-        if keep_txt && n_txt > 0 {
-            txts.push(p.narrow(3, n_img, n_txt)?.contiguous()?);
-        }
-        let o = p.matmul(&v_ext)?;
-        if sums {
-            let bs = o.narrow(3, d, 2)?.sum(2)?;
-            block_sums = Some(match block_sums {
-                Some(a) => (a + bs)?,
-                None => bs,
-            });
-            outs.push(o.narrow(3, 0, d)?);
+        // Only the N·L-sized slices are copied; the block sums come from them, since every
+        // softmax row sums to one (no pass over the N×N block is added).
+        let pi = if keep_img {
+            Some(p.narrow(3, 0, n_img)?.contiguous()?)
         } else {
-            outs.push(o);
+            None
+        };
+        let pt = if (keep_txt || sums) && n_txt > 0 {
+            Some(p.narrow(3, n_img, n_txt)?.contiguous()?)
+        } else {
+            None
+        };
+        if sums {
+            let st = match &pt {
+                Some(pt) => pt.sum((2, 3))?,
+                None => Tensor::zeros((b, h), DType::F32, p.device())?,
+            };
+            let si = match &pi {
+                Some(pi) => pi.sum((2, 3))?,
+                None => {
+                    (Tensor::full(c as f32, (b, h), p.device())? - raw_txt.as_ref().unwrap_or(&st))?
+                }
+            };
+            let st = if pi.is_some() && pt.is_none() {
+                (Tensor::full(c as f32, (b, h), p.device())? - &si)?
+            } else {
+                st
+            };
+            sum_img = add(sum_img, si)?;
+            sum_txt = add(sum_txt, st)?;
         }
+        if let Some(pi) = pi {
+            imgs.push(pi);
+        }
+        if keep_txt {
+            if let Some(pt) = pt {
+                txts.push(pt);
+            }
+        }
+        outs.push(p.matmul(v)?);
         start += c;
     }
-    let (sum_img, sum_txt) = match block_sums {
-        Some(bs) => (
-            Some(bs.narrow(2, 0, 1)?.squeeze(2)?),
-            Some(bs.narrow(2, 1, 1)?.squeeze(2)?),
-        ),
-        None => (None, None),
-    };
     let cat = |parts: Vec<Tensor>| -> Result<Option<Tensor>> {
         Ok(match parts.len() {
             0 => None,
