@@ -7,6 +7,11 @@ mod models;
 
 use clap::Parser;
 
+// Large short-lived tensors next to long-lived captures fragment glibc's heap; mimalloc keeps
+// capture overhead and training allocation costs low.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let cli = cli::Cli::parse();
     if let Err(e) = commands::run(cli) {

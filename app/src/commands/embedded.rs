@@ -177,6 +177,13 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
 pub fn make_dataset(a: MakeDatasetArgs) -> anyhow::Result<()> {
     let s = ditlens_core::shapes::write_dataset(&a.out, a.count, a.seed, a.size)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    eprintln!("wrote {s:?} to {}", a.out.display());
+    eprintln!(
+        "wrote {} scenes ({}×{} pixels, seed {}) to {}",
+        s.names.len(),
+        a.size,
+        a.size,
+        a.seed,
+        s.dir.display()
+    );
     Ok(())
 }

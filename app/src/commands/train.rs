@@ -89,16 +89,24 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         a.out.display()
     );
     let csv_path = a.out.join("loss.csv");
-    let fresh = !csv_path.exists() || trainer.step == 0;
-    let mut csv = std::fs::OpenOptions::new()
-        .create(true)
-        .append(!fresh)
-        .write(true)
-        .truncate(fresh)
-        .open(&csv_path)
+    // Keep only the rows up to the step the run resumes from (later ones are redone).
+    let kept: Vec<String> = std::fs::read_to_string(&csv_path)
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            l.split(',')
+                .next()
+                .and_then(|s| s.parse::<usize>().ok())
+                .is_some_and(|s| s <= trainer.step)
+        })
+        .map(str::to_string)
+        .collect();
+    let mut csv = std::fs::File::create(&csv_path)
         .with_context(|| format!("opening {}", csv_path.display()))?;
-    if fresh {
-        writeln!(csv, "step,loss,mse,align,lr,seconds")?;
+    writeln!(csv, "step,loss,mse,align,lr,seconds")?;
+    for l in &kept {
+        writeln!(csv, "{l}")?;
     }
     let bar = ProgressBar::new(total as u64);
     bar.set_style(
