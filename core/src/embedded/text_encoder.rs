@@ -2,7 +2,7 @@
 //! pre-LN transformer layers (differentiable throughout), giving per-token context. Pad
 //! positions carry distinct states through their position embeddings.
 
-use candle_core::{Module, Tensor, D};
+use candle_core::{Module, Tensor};
 use candle_nn::{Embedding, VarBuilder};
 use serde::{Deserialize, Serialize};
 
@@ -85,16 +85,14 @@ impl Layer {
             .transpose(1, 2)?
             .contiguous()?;
         let s = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?;
-        let max = s.max_keepdim(D::Minus1)?.detach();
-        let e = s.broadcast_sub(&max)?.exp()?;
-        let p = e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?;
+        let p = crate::mmdit::fused::softmax_last_dim(&s)?;
         let o = p
             .matmul(&v)?
             .transpose(1, 2)?
             .contiguous()?
             .reshape((b, l, d))?;
         let x = (x + self.proj.forward(&o)?)?;
-        let h = self.fc1.forward(&self.ln2.forward(&x)?)?.gelu()?;
+        let h = crate::mmdit::fused::gelu(&self.fc1.forward(&self.ln2.forward(&x)?)?)?;
         Ok((&x + self.fc2.forward(&h)?)?)
     }
 }

@@ -27,15 +27,13 @@ pub struct AttnRun<'a> {
     pub differentiable: bool,
 }
 
-/// Softmax over the last dim, fused or differentiable.
+/// Softmax over the last dim: candle's kernel for inference, ours (with a backward) for training.
 fn softmax(x: &Tensor, differentiable: bool) -> Result<Tensor> {
-    Ok(if differentiable {
-        let max = x.max_keepdim(D::Minus1)?.detach();
-        let e = x.broadcast_sub(&max)?.exp()?;
-        e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?
+    if differentiable {
+        super::fused::softmax_last_dim(x)
     } else {
-        candle_nn::ops::softmax_last_dim(x)?
-    })
+        Ok(candle_nn::ops::softmax_last_dim(x)?)
+    }
 }
 
 /// Query rows per chunk so that one `[B,H,rows,S]` f32 block fits in `chunk_bytes`.
@@ -173,7 +171,8 @@ fn attend(
         })
     };
     Ok(Attended {
-        out: cat(outs)?.expect("at least one query chunk"),
+        out: cat(outs)?
+            .ok_or_else(|| crate::error::Error::Input("attention over zero queries".into()))?,
         to_img: cat(imgs)?,
         to_txt: cat(txts)?,
         sum_img,
@@ -325,7 +324,9 @@ impl JointAttention {
             ];
             let mut cols = vec![];
             for (s, count) in parts {
-                let s = s.expect("sums requested");
+                let s = s.ok_or_else(|| {
+                    crate::error::Error::Input("row_share needs text and image tokens".into())
+                })?;
                 cols.push((s / count as f64)?);
             }
             cap.row_share = Some(Tensor::stack(&cols, 2)?);

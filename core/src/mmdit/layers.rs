@@ -36,11 +36,7 @@ impl Module for Linear {
 /// `x: [.., D]` → `[.., D]`
 pub fn layer_norm(x: &Tensor, eps: f64) -> Result<Tensor> {
     let dtype = x.dtype();
-    let x = x.to_dtype(DType::F32)?;
-    let mean = x.mean_keepdim(D::Minus1)?;
-    let xc = x.broadcast_sub(&mean)?;
-    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-    let y = xc.broadcast_div(&(var + eps)?.sqrt()?)?;
+    let y = super::fused::layer_norm(&x.to_dtype(DType::F32)?, eps)?;
     Ok(y.to_dtype(dtype)?)
 }
 
@@ -127,8 +123,8 @@ impl FeedForward {
     /// # Shapes
     /// `x: [B, T, D]` → `[B, T, D]`
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        // candle's `gelu` is the tanh approximation, as `gelu-approximate` in diffusers.
-        let h = self.proj_in.forward(x)?.gelu()?;
+        // tanh-approximated GELU, as `gelu-approximate` in diffusers.
+        let h = super::fused::gelu(&self.proj_in.forward(x)?)?;
         Ok(self.proj_out.forward(&h)?)
     }
 }

@@ -5,6 +5,7 @@ pub mod block;
 pub mod checkpoint;
 pub mod config;
 pub mod embed;
+pub mod fused;
 pub mod layers;
 pub mod model;
 
