@@ -101,8 +101,8 @@ pub struct BenchArgs {
     /// Text tokens (SD3: 154).
     #[arg(long, default_value_t = 154)]
     pub text_tokens: usize,
-    /// Timed repetitions of each case (after one warm-up).
-    #[arg(long, default_value_t = 1)]
+    /// Timed repetitions of each case, interleaved, best kept (after one warm-up).
+    #[arg(long, default_value_t = 3)]
     pub repeats: usize,
     /// Write the figures as JSON here too.
     #[arg(long)]

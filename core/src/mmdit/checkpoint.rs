@@ -440,11 +440,6 @@ impl Checkpoint {
         }
         Ok(cfg)
     }
-
-    /// All stored tensor names (for diagnostics).
-    pub fn stored_names(&self) -> impl Iterator<Item = &str> {
-        self.names.iter().map(String::as_str)
-    }
 }
 
 fn detect_layout(names: &BTreeSet<String>) -> Option<Layout> {
