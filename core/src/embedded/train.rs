@@ -46,6 +46,9 @@ struct Batch {
     tokens: Vec<super::tokenizer::Tokens>,
     /// (batch row, token position, target coverage on the token grid)
     align: Vec<(usize, usize, Vec<f32>)>,
+    /// Per batch row: the segmentation classes its caption names (token positions of each
+    /// class, e.g. the shape word and "background") and their coverage on the token grid.
+    classes: Vec<Vec<(Vec<usize>, Vec<f32>)>>,
 }
 
 /// Deterministic seed for sample `i` of step `step`.
@@ -233,7 +236,8 @@ impl Trainer {
         let size = cfg.model.image_size;
         let patch = cfg.model.transformer.patch_size;
         let scene_cfg = SceneConfig::with_size(size);
-        let (mut xs, mut ws, mut tokens, mut align) = (vec![], vec![], vec![], vec![]);
+        let (mut xs, mut ws, mut tokens, mut align, mut classes) =
+            (vec![], vec![], vec![], vec![], vec![]);
         for i in 0..cfg.train.batch {
             let seed = sample_seed(cfg.train.seed, step, i);
             let scene =
@@ -279,6 +283,33 @@ impl Trainer {
             for pos in keys {
                 align.push((i, pos, grid_coverage(&targets[&pos], size, patch)));
             }
+            // Segmentation classes as a class prompt would name them: each shape word, and the
+            // word "background".
+            let mut groups: Vec<(Vec<usize>, Vec<f32>)> = vec![];
+            for shape in crate::shapes::Shape::ALL {
+                let pos: Vec<usize> = caption
+                    .words
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, w)| **w == shape.name())
+                    .map(|(k, _)| k + 1)
+                    .collect();
+                let mask: Vec<bool> = scene.labels.iter().map(|&c| c == shape.class()).collect();
+                if !pos.is_empty() && mask.iter().any(|&m| m) {
+                    groups.push((pos, grid_coverage(&mask, size, patch)));
+                }
+            }
+            let bg_pos: Vec<usize> = caption
+                .words
+                .iter()
+                .enumerate()
+                .filter(|(_, w)| **w == "background")
+                .map(|(k, _)| k + 1)
+                .collect();
+            if !bg_pos.is_empty() {
+                groups.push((bg_pos, grid_coverage(&bg, size, patch)));
+            }
+            classes.push(if groups.len() >= 2 { groups } else { vec![] });
             tokens.push(tok);
         }
         Ok(Batch {
@@ -286,6 +317,7 @@ impl Trainer {
             weight: Tensor::stack(&ws, 0)?,
             tokens,
             align,
+            classes,
         })
     }
 
@@ -375,7 +407,40 @@ impl Trainer {
                 .flat_map(|(_, _, t)| t.iter().copied())
                 .collect();
             let y = Tensor::from_vec(y, (b.align.len(), n), &dev)?;
-            let a = Self::focal_dice(&p, &y)?;
+            let mut a = Self::focal_dice(&p, &y)?;
+            // Calibration across classes, as the argmax of segmentation needs: per-pixel
+            // cross-entropy of the class maps (mean over each class's tokens), normalised over
+            // the classes the caption names, against their coverage.
+            let per_sample = maps.reshape((bsz, lt, n))?;
+            let mut ce_terms = vec![];
+            for (bi, groups) in b.classes.iter().enumerate() {
+                if groups.is_empty() {
+                    continue;
+                }
+                let mut agg = vec![0f32; lt * groups.len()];
+                let mut cover = vec![0f32; n * groups.len()];
+                for (c, (pos, cov)) in groups.iter().enumerate() {
+                    for &p in pos {
+                        agg[p * groups.len() + c] = 1.0 / pos.len() as f32;
+                    }
+                    for (k, v) in cov.iter().enumerate() {
+                        cover[k * groups.len() + c] = *v;
+                    }
+                }
+                let agg = Tensor::from_vec(agg, (lt, groups.len()), &dev)?;
+                let y = Tensor::from_vec(cover, (n, groups.len()), &dev)?;
+                let m = per_sample.get(bi)?.t()?.matmul(&agg)?; // [N, C]
+                let logm = (m + 1e-12)?.log()?;
+                let logz = logm.exp()?.sum_keepdim(D::Minus1)?.log()?;
+                let logq = logm.broadcast_sub(&logz)?;
+                let w = y.sum(D::Minus1)?.sum_all()?.to_scalar::<f32>()?.max(1e-6) as f64;
+                ce_terms.push(((y * logq)?.sum_all()? * (-1.0 / w))?);
+            }
+            if !ce_terms.is_empty() {
+                let count = ce_terms.len() as f64;
+                let ce = (Tensor::stack(&ce_terms, 0)?.sum_all()? / count)?;
+                a = (a + ce)?;
+            }
             align_v = a.to_scalar::<f32>()? as f64;
             loss = (loss + (a * tc.mask_align_weight)?)?;
         }
