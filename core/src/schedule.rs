@@ -1,5 +1,5 @@
 //! The FlowMatchEuler sampling schedule exactly as diffusers' `FlowMatchEulerDiscreteScheduler`
-//! computes it for SD3 (v0.42, `schedulers/scheduling_flow_match_euler_discrete.py`): the shift is
+//! computes it for SD3 (diffusers v0.42.1, `schedulers/scheduling_flow_match_euler_discrete.py`): the shift is
 //! applied once to the training table (giving σ_max, σ_min) and again to the inference σs,
 //! with the same f32/f64 rounding. Step index ↔ σ ↔ model timestep (σ·1000).
 

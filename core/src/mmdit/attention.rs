@@ -1,7 +1,7 @@
 //! SD3 joint attention (image and text streams attend over the joint key sequence) and the
 //! MMDiT-X image-only second attention, both computed in query chunks so that capturing I2T/T2I
 //! never materialises the N×N image block. Matches diffusers' `JointAttnProcessor2_0`
-//! (diffusers v0.42, `models/attention_processor.py`); probabilities are f32.
+//! (diffusers v0.42.1, `models/attention_processor.py`); probabilities are f32.
 
 use candle_core::{DType, Module, Tensor, D};
 use candle_nn::VarBuilder;

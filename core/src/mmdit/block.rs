@@ -1,4 +1,4 @@
-//! One SD3 joint transformer block (diffusers `JointTransformerBlock`, v0.42 `models/attention.py`):
+//! One SD3 joint transformer block (diffusers `JointTransformerBlock`, diffusers v0.42.1 `models/attention.py`):
 //! adaLN-Zero on both streams (9-chunk with `attn2` for MMDiT-X), joint attention, optional
 //! image-only second attention, tanh-GELU feed-forwards; the last block is context-pre-only.
 

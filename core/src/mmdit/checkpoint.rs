@@ -3,7 +3,7 @@
 //! sharded, or under a pipeline root's `transformer/`). Every tensor is exposed under its
 //! diffusers name; original-layout tensors are split (`qkv`) or have scale/shift swapped on load,
 //! exactly as diffusers' `convert_sd3_transformer_checkpoint_to_diffusers`
-//! (diffusers v0.42, `loaders/single_file_utils.py`) does.
+//! (diffusers v0.42.1, `loaders/single_file_utils.py`) does.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

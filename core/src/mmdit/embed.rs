@@ -1,6 +1,6 @@
 //! Input embeddings of the SD3 transformer: patch embedding with the checkpoint's own
 //! position table (centre-cropped, never recomputed), and the timestep + pooled-text embedding.
-//! Matches diffusers' `PatchEmbed` and `CombinedTimestepTextProjEmbeddings` (v0.42, `models/embeddings.py`).
+//! Matches diffusers' `PatchEmbed` and `CombinedTimestepTextProjEmbeddings` (diffusers v0.42.1, `models/embeddings.py`).
 
 use candle_core::{DType, Module, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};

@@ -1,4 +1,4 @@
-//! The whole SD3-family transformer (diffusers `SD3Transformer2DModel`, v0.42
+//! The whole SD3-family transformer (diffusers `SD3Transformer2DModel`, diffusers v0.42.1
 //! `models/transformers/transformer_sd3.py`): embeddings, joint blocks, final adaLN and
 //! unpatchify, with typed per-block capture and optional I2T perturbation.
 
