@@ -1,6 +1,7 @@
 //! DiT Lens core: MM-DiT models, typed attention capture, perturbation, analysis and pipelines.
 //! No GUI dependency; the `ditlens` binary (CLI and window) is built on it.
 
+pub mod analysis;
 pub mod capture;
 pub mod embedded;
 pub mod error;
