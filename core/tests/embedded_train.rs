@@ -30,7 +30,7 @@ fn every_trainable_tensor_gets_a_gradient() {
     assert!(stats.align > 0.0, "mask alignment is active");
     let grads = loss.backward().unwrap();
     let mut dead = vec![];
-    for (name, var) in t.trainable() {
+    for (name, var) in t.trainable().unwrap() {
         let g = grads.get(var.as_tensor());
         let norm = g
             .map(|g| {

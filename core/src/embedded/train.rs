@@ -72,17 +72,39 @@ fn grid_coverage(mask: &[bool], size: usize, patch: usize) -> Vec<f32> {
     out
 }
 
-/// Re-initialises every variable from the seed (xavier-uniform linears, zero biases, zero
-/// adaLN and output projections as in DiT, a fixed 2-D sin-cos position table).
-fn init_vars(vm: &VarMap, seed: u64, embed_dim_for_pos: Option<usize>) -> Result<()> {
-    let data = vm
+/// The variables of a store, sorted by name (shared storage, not copies).
+fn sorted_vars(vm: &VarMap) -> Result<Vec<(String, Var)>> {
+    let d = vm
         .data()
         .lock()
         .map_err(|_| Error::Input("variable store poisoned".into()))?;
-    let mut names: Vec<&String> = data.keys().collect();
-    names.sort();
-    for (k, name) in names.into_iter().enumerate() {
-        let var = &data[name];
+    let mut v: Vec<(String, Var)> = d.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(v)
+}
+
+/// The variables the optimiser updates, named `transformer.…` / `text.…`.
+fn trainable_vars(
+    transformer: &VarMap,
+    text: &VarMap,
+    num_layers: usize,
+) -> Result<Vec<(String, Var)>> {
+    let mut out = vec![];
+    for (prefix, vm) in [("transformer.", transformer), ("text.", text)] {
+        for (n, var) in sorted_vars(vm)? {
+            if prefix == "text." || !is_frozen(&n, num_layers) {
+                out.push((format!("{prefix}{n}"), var));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Re-initialises every variable from the seed (xavier-uniform linears, zero biases, zero
+/// adaLN and output projections as in DiT, a fixed 2-D sin-cos position table).
+fn init_vars(vm: &VarMap, seed: u64, embed_dim_for_pos: Option<usize>) -> Result<()> {
+    for (k, (name, var)) in sorted_vars(vm)?.into_iter().enumerate() {
+        let name = name.as_str();
         let shape = var.shape().dims().to_vec();
         let dev = var.device();
         let mut rng =
@@ -170,20 +192,7 @@ impl Trainer {
         let model = EmbeddedModel::from_varmaps(&config.model, &transformer, &text, device)?;
         init_vars(&transformer, config.train.seed, None)?;
         init_vars(&text, config.train.seed ^ 0x7e57, None)?;
-        let mut vars = vec![];
-        for (prefix, vm) in [("transformer.", &transformer), ("text.", &text)] {
-            let data = vm
-                .data()
-                .lock()
-                .map_err(|_| Error::Input("variable store poisoned".into()))?;
-            let mut names: Vec<&String> = data.keys().collect();
-            names.sort();
-            for n in names {
-                if prefix == "text." || !is_frozen(n, config.model.transformer.num_layers) {
-                    vars.push((format!("{prefix}{n}"), data[n].clone()));
-                }
-            }
-        }
+        let vars = trainable_vars(&transformer, &text, config.model.transformer.num_layers)?;
         let opt = AdamW::new(vars, config.train.weight_decay)?;
         let sampler = CaptionSampler {
             options: CaptionOptions {
@@ -477,20 +486,12 @@ impl Trainer {
     }
 
     /// All trainable variables (for gradient checks).
-    pub fn trainable(&self) -> Vec<(String, Var)> {
-        let mut v = vec![];
-        let layers = self.config.model.transformer.num_layers;
-        for (prefix, vm) in [("transformer.", &self.transformer), ("text.", &self.text)] {
-            if let Ok(d) = vm.data().lock() {
-                for (k, var) in d.iter() {
-                    if prefix == "text." || !is_frozen(k, layers) {
-                        v.push((format!("{prefix}{k}"), var.clone()));
-                    }
-                }
-            }
-        }
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
+    pub fn trainable(&self) -> Result<Vec<(String, Var)>> {
+        trainable_vars(
+            &self.transformer,
+            &self.text,
+            self.config.model.transformer.num_layers,
+        )
     }
 }
 
@@ -504,16 +505,10 @@ pub fn save_model(
     dtype: DType,
 ) -> Result<()> {
     let dump = |vm: &VarMap| -> Result<Vec<(String, Tensor)>> {
-        let d = vm
-            .data()
-            .lock()
-            .map_err(|_| Error::Input("variable store poisoned".into()))?;
-        let mut v: Vec<(String, Tensor)> = d
-            .iter()
-            .map(|(k, var)| Ok((k.clone(), var.as_tensor().to_dtype(dtype)?)))
-            .collect::<candle_core::Result<_>>()?;
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(v)
+        sorted_vars(vm)?
+            .into_iter()
+            .map(|(k, var)| Ok((k, var.as_tensor().to_dtype(dtype)?)))
+            .collect()
     };
     let tdir = dir.join("transformer");
     write_safetensors(
