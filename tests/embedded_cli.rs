@@ -162,6 +162,51 @@ fn generate_segment_eval_on_a_tiny_model() {
     let counted = l.pixels().filter(|p| p.0[0] == 2).count() as f64 / 576.0;
     assert!((counted - v["shares"]["background"].as_f64().unwrap()).abs() < 1e-9);
 
+    // Unsupervised proposals: the clusters partition the 20 text positions; labels name them.
+    let ujson = tmp.path().join("u.json");
+    ok(&[
+        "segment",
+        "--model",
+        s(&model),
+        "--image",
+        s(&scene),
+        "--unsupervised",
+        "--threshold",
+        "0.1",
+        "--layer",
+        "1",
+        "--out",
+        s(&labels),
+        "--json",
+        s(&ujson),
+    ]);
+    let u: serde_json::Value = serde_json::from_slice(&std::fs::read(&ujson).unwrap()).unwrap();
+    let clusters = u["clusters"].as_array().unwrap();
+    let mut members: Vec<u64> = clusters
+        .iter()
+        .flat_map(|c| c.as_array().unwrap().iter().map(|x| x.as_u64().unwrap()))
+        .collect();
+    members.sort();
+    assert_eq!(members, (0..20).collect::<Vec<u64>>());
+    assert_eq!(u["proposals"].as_u64().unwrap() as usize, clusters.len());
+    let l = image::open(&labels).unwrap().to_luma8();
+    assert!(l.pixels().all(|p| (p.0[0] as usize) < clusters.len()));
+    let uj = tmp.path().join("ue.json");
+    ok(&[
+        "eval",
+        "--model",
+        s(&model),
+        "--dataset",
+        s(&data),
+        "--unsupervised",
+        "--json",
+        s(&uj),
+    ]);
+    let ue: serde_json::Value = serde_json::from_slice(&std::fs::read(&uj).unwrap()).unwrap();
+    assert_eq!(ue["images"], 3);
+    assert!((0.0..=1.0).contains(&ue["miou"].as_f64().unwrap()));
+    assert!((0.0..=1.0).contains(&ue["pacc"].as_f64().unwrap()));
+
     let out = tmp.path().join("e.json");
     let table = ok(&[
         "eval",

@@ -188,8 +188,14 @@ pub struct SegmentArgs {
     #[arg(long)]
     pub image: PathBuf,
     /// Comma-separated class names, e.g. "circle,square,background".
-    #[arg(long)]
-    pub classes: String,
+    #[arg(long, required_unless_present = "unsupervised")]
+    pub classes: Option<String>,
+    /// Unsupervised proposals from the empty prompt's BOS/EOS/padding maps (no class names).
+    #[arg(long, conflicts_with = "classes")]
+    pub unsupervised: bool,
+    /// Symmetric-KL threshold under which unsupervised maps merge.
+    #[arg(long, default_value_t = 0.1)]
+    pub threshold: f32,
     /// Block whose I2T maps are read (default: the model's expert layer).
     #[arg(long)]
     pub layer: Option<usize>,
@@ -225,6 +231,12 @@ pub struct EvalArgs {
     /// `all` evaluates every block and reports the best.
     #[arg(long)]
     pub layers: Option<String>,
+    /// Evaluate unsupervised proposals (Hungarian matching to the classes present).
+    #[arg(long, conflicts_with = "layers")]
+    pub unsupervised: bool,
+    /// Symmetric-KL merge threshold for --unsupervised.
+    #[arg(long, default_value_t = 0.1)]
+    pub threshold: f32,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[arg(long)]

@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use anyhow::Context;
-use ditlens_core::embedded::eval::evaluate;
+use ditlens_core::embedded::eval::{evaluate, evaluate_unsupervised};
 use ditlens_core::embedded::pipeline::{GenerateOptions, SegmentOptions};
 use ditlens_core::export::{read_rgb, write_label_png, write_overlay_png, write_rgb_png};
 use ditlens_core::io::write_atomic;
@@ -63,8 +63,41 @@ pub fn generate(a: GenerateArgs) -> anyhow::Result<()> {
 
 pub fn segment(a: SegmentArgs) -> anyhow::Result<()> {
     let model = open_embedded(a.model.model.as_deref(), a.model.embedded.as_deref())?;
+    let (rgb, w, h) = read_rgb(&a.image)?;
+    let opts = SegmentOptions {
+        layer: a.layer,
+        seed: a.seed,
+        steps: a.steps,
+        step_index: a.step_index,
+    };
+    if a.unsupervised {
+        let t0 = Instant::now();
+        let p = model.segment_unsupervised(&rgb, w, h, a.threshold, &opts)?;
+        let secs = t0.elapsed().as_secs_f64();
+        write_label_png(&a.out, &p.labels, w, h)?;
+        if let Some(o) = &a.overlay {
+            write_overlay_png(o, &rgb, &p.labels, w, h)?;
+        }
+        if let Some(j) = &a.json {
+            let mut v = serde_json::to_value(&p)?;
+            v["proposals"] = json!(p.clusters.len());
+            v["seconds"] = json!(secs);
+            write_atomic(j, serde_json::to_string_pretty(&v)?.as_bytes())?;
+        }
+        eprintln!(
+            "{} proposals at layer {} (threshold {}) in {:.3} s → {}",
+            p.clusters.len(),
+            p.layer,
+            a.threshold,
+            secs,
+            a.out.display()
+        );
+        return Ok(());
+    }
     let classes: Vec<String> = a
         .classes
+        .as_deref()
+        .unwrap_or("")
         .split(',')
         .map(|c| c.trim().to_string())
         .filter(|c| !c.is_empty())
@@ -73,13 +106,6 @@ pub fn segment(a: SegmentArgs) -> anyhow::Result<()> {
         !classes.is_empty(),
         "--classes is empty: give class names separated by commas"
     );
-    let (rgb, w, h) = read_rgb(&a.image)?;
-    let opts = SegmentOptions {
-        layer: a.layer,
-        seed: a.seed,
-        steps: a.steps,
-        step_index: a.step_index,
-    };
     let t0 = Instant::now();
     let seg = model.segment(&rgb, w, h, &classes, &opts)?;
     let secs = t0.elapsed().as_secs_f64();
@@ -115,6 +141,29 @@ pub fn segment(a: SegmentArgs) -> anyhow::Result<()> {
 pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
     let model = open_embedded(a.model.model.as_deref(), a.model.embedded.as_deref())?;
     let data = Dataset::open(&a.dataset).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if a.unsupervised {
+        let opts = SegmentOptions {
+            layer: a.layer,
+            seed: a.seed,
+            ..Default::default()
+        };
+        let pb = bar(data.len(), "eval");
+        let s = evaluate_unsupervised(&model, &data, a.threshold, &opts, |i, _| {
+            pb.set_position(i as u64);
+            true
+        })?;
+        pb.finish_and_clear();
+        println!("unsupervised, layer {}, threshold {}: mIoU {:.4}  pAcc {:.4}  ({} images; Hungarian matching per image, TP/FP/FN summed)", s.layer, a.threshold, s.miou, s.pacc, data.len());
+        if let Some(p) = &a.json {
+            let v = json!({
+                "miou": s.miou, "pacc": s.pacc, "macc": s.macc, "per_class_iou": s.per_class_iou,
+                "layer": s.layer, "images": data.len(), "threshold": a.threshold,
+                "protocol": "unsupervised: empty prompt, symmetric-KL merge, per-image Hungarian matching to the classes present, TP/FP/FN summed over the dataset",
+            });
+            write_atomic(p, serde_json::to_string_pretty(&v)?.as_bytes())?;
+        }
+        return Ok(());
+    }
     let n_layers = model.cfg.transformer.num_layers;
     let layers: Vec<usize> = match (&a.layers, a.layer) {
         (Some(s), _) if s == "all" => (0..n_layers).collect(),

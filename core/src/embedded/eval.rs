@@ -97,3 +97,35 @@ pub fn evaluate(
         .map(|(&l, c)| LayerScores::new(l, &c.scores(), data.classes()))
         .collect())
 }
+
+/// Evaluates unsupervised proposals on a dataset: per-image Hungarian matching (maximum
+/// overlap) between proposals and the classes present, TP/FP/FN summed over the dataset.
+pub fn evaluate_unsupervised(
+    model: &EmbeddedModel,
+    data: &Dataset,
+    threshold: f32,
+    opts: &SegmentOptions,
+    mut on_image: impl FnMut(usize, usize) -> bool,
+) -> Result<LayerScores> {
+    let m = |e: crate::metrics::MetricsError| Error::Input(e.to_string());
+    if data.is_empty() {
+        return Err(Error::Input(format!(
+            "{} holds no images",
+            data.root().display()
+        )));
+    }
+    let mut acc = crate::metrics::UnsupervisedEval::new(data.num_classes()).map_err(m)?;
+    let mut layer = model.cfg.expert_layer;
+    for i in 0..data.len() {
+        let img = data.load_image(i).map_err(m)?;
+        let label = data.load_label(i).map_err(m)?;
+        let (w, h) = (img.width() as usize, img.height() as usize);
+        let p = model.segment_unsupervised(img.as_raw(), w, h, threshold, opts)?;
+        layer = p.layer;
+        acc.add(&p.labels, &label.data).map_err(m)?;
+        if !on_image(i + 1, data.len()) {
+            return Err(Error::Input("cancelled".into()));
+        }
+    }
+    Ok(LayerScores::new(layer, &acc.scores(), data.classes()))
+}

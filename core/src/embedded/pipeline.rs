@@ -292,3 +292,53 @@ impl EmbeddedModel {
             .collect()
     }
 }
+
+/// Unsupervised proposals of one image (paper §3.4): the empty prompt's BOS/EOS/padding maps,
+/// merged by symmetric KL under a threshold.
+#[derive(Debug, Clone, Serialize)]
+pub struct Proposals {
+    pub layer: usize,
+    pub threshold: f32,
+    pub sigma: f32,
+    pub width: usize,
+    pub height: usize,
+    /// Token positions merged into each proposal.
+    pub clusters: Vec<Vec<usize>>,
+    /// Proposal per pixel at the image's size.
+    #[serde(skip)]
+    pub labels: Vec<u8>,
+}
+
+impl EmbeddedModel {
+    /// Unsupervised segmentation of an RGB image (`w × h`) at a block.
+    pub fn segment_unsupervised(
+        &self,
+        rgb: &[u8],
+        w: usize,
+        h: usize,
+        threshold: f32,
+        opts: &SegmentOptions,
+    ) -> Result<Proposals> {
+        let layer = opts.layer.unwrap_or(self.cfg.expert_layer);
+        self.check_layer(layer)?;
+        let (maps, sigma, _) = self.i2t_for(rgb, w, h, "", &[layer], opts)?;
+        // [N, L] → [L, N]: one map per text token (all special for the empty prompt).
+        let t = maps[0].t()?.contiguous()?;
+        let (l, n) = t.dims2()?;
+        let flat: Vec<f32> = t.flatten_all()?.to_vec1()?;
+        let seg = crate::analysis::segment_maps(&flat, l, n, threshold)
+            .map_err(|e| Error::Input(e.to_string()))?;
+        let k = seg.clusters.len();
+        let dist: Vec<f32> = seg.distributions.iter().flatten().copied().collect();
+        let labels = self.labels_from_maps(&dist, k, w, h)?;
+        Ok(Proposals {
+            layer,
+            threshold,
+            sigma,
+            width: w,
+            height: h,
+            clusters: seg.clusters,
+            labels,
+        })
+    }
+}
