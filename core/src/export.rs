@@ -24,24 +24,7 @@ pub fn class_colour(i: usize) -> [u8; 3] {
     if i < TAB10.len() {
         return TAB10[i];
     }
-    let h = (i as f32 * 137.508) % 360.0;
-    let (s, v) = (0.65f32, 0.9f32);
-    let c = v * s;
-    let x = c * (1.0 - ((h / 60.0) % 2.0 - 1.0).abs());
-    let (r, g, b) = match (h / 60.0) as u32 {
-        0 => (c, x, 0.0),
-        1 => (x, c, 0.0),
-        2 => (0.0, c, x),
-        3 => (0.0, x, c),
-        4 => (x, 0.0, c),
-        _ => (c, 0.0, x),
-    };
-    let m = v - c;
-    [
-        ((r + m) * 255.0) as u8,
-        ((g + m) * 255.0) as u8,
-        ((b + m) * 255.0) as u8,
-    ]
+    crate::shapes::hsv(i as f32 * 137.508, 0.65, 0.9)
 }
 
 fn png_bytes<P: image::PixelWithColorType>(
