@@ -31,6 +31,17 @@ fn main() {
         }
     }
     code.push_str("];\n");
+    let judge = root.join("../shape_judge.safetensors");
+    println!("cargo:rerun-if-changed={}", judge.display());
+    if judge.is_file() {
+        let _ = writeln!(
+            code,
+            "/// The sample sheet's shape classifier.\npub const JUDGE: Option<&[u8]> = Some(include_bytes!(r\"{}\"));",
+            judge.display()
+        );
+    } else {
+        code.push_str("/// The sample sheet's shape classifier (not in this build).\npub const JUDGE: Option<&[u8]> = None;\n");
+    }
     let out = Path::new(&std::env::var("OUT_DIR").expect("OUT_DIR")).join("embedded_models.rs");
     std::fs::write(out, code).expect("write embedded_models.rs");
 }

@@ -4,6 +4,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+mod analysis;
+pub use analysis::*;
+
 /// DiT Lens: look inside the joint attention of multi-modal diffusion transformers.
 #[derive(Debug, Parser)]
 #[command(name = "ditlens", version, about, long_about = None)]
@@ -28,6 +31,26 @@ pub enum Command {
     MakeDataset(MakeDatasetArgs),
     /// Train the embedded model on the shapes world (reproducible from its seed, resumable).
     Train(TrainArgs),
+    /// Turn a training run into a shippable model folder (smaller dtype, expert layer set).
+    ExportModel(ExportModelArgs),
+    /// Train the shape classifier that judges generated samples (the generation metric).
+    TrainJudge(TrainJudgeArgs),
+    /// Generate the sample sheet (32 prompts × seeds) and score colour and shape.
+    Samples(SamplesArgs),
+    /// Capture attention across a generation or a noised image (steps × blocks, within a budget).
+    Probe(ProbeArgs),
+    /// Attention mass per block and head (I2I, I2T, T2I, T2T) against the uniform share.
+    Mass(MassArgs),
+    /// Mean value norms per block: image, all text and prompt tokens.
+    ValueNorms(ValueNormsArgs),
+    /// PCA of image-token Q/K/V at blocks, as RGB.
+    Pca(PcaArgs),
+    /// Layer × head small multiples of one token's I2T (or T2I) map.
+    HeadGrid(HeadGridArgs),
+    /// One head-mean map per token at a block.
+    TokenGrid(TokenGridArgs),
+    /// Generate with each block's I2T perturbed in turn and score how the named objects survive.
+    PerturbSweep(PerturbSweepArgs),
 }
 
 /// Model dtype.
@@ -144,6 +167,63 @@ pub struct TrainArgs {
     /// Steps between checkpoints.
     #[arg(long)]
     pub checkpoint_every: Option<usize>,
+    /// Start from a model's weights: a model folder, `embedded:plain` or `embedded:aligned`;
+    /// `scratch` = random initialisation. Default: the recipe's (aligned: `embedded:plain`).
+    #[arg(long)]
+    pub init: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportModelArgs {
+    /// Run or model folder written by `ditlens train`.
+    #[arg(long)]
+    pub from: PathBuf,
+    /// Model folder to write (e.g. assets/models/aligned).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Weight dtype of the written model.
+    #[arg(long, value_enum, default_value_t = DtypeArg::F16)]
+    pub dtype: DtypeArg,
+    /// Record this block as the model's default segmentation layer (from `eval --layers all`).
+    #[arg(long)]
+    pub expert_layer: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct TrainJudgeArgs {
+    /// Weights to write (safetensors); a JSON report is written beside it.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 1500)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Held-out scenes for the accuracy figure.
+    #[arg(long, default_value_t = 2000)]
+    pub heldout: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct SamplesArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Sheet picture (PNG): one row per 4 prompts, seeds side by side.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Per-sample scores and rates (JSON).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Shape-judge weights (default: the embedded judge).
+    #[arg(long)]
+    pub judge: Option<PathBuf>,
+    #[arg(long, value_delimiter = ',', default_value = "0,1")]
+    pub seeds: Vec<u64>,
+    #[arg(long, default_value_t = 28)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 4.0)]
+    pub guidance: f64,
 }
 
 /// Which embedded-family model to use.
@@ -178,6 +258,10 @@ pub struct GenerateArgs {
     pub upscale: u32,
     #[command(flatten)]
     pub blur: BlurArgs,
+    /// Perturbed guidance on top of CFG: v_cfg + S·(v(x; A) − v(x; Ã)), Ã = I2T blurred at
+    /// --blur-i2t (which then perturbs only that extra forward).
+    #[arg(long, value_name = "S", requires = "blur_i2t")]
+    pub perturb_guidance: Option<f64>,
 }
 
 #[derive(Debug, Args)]

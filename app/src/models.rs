@@ -16,6 +16,26 @@ pub fn shipped_names() -> Vec<&'static str> {
     shipped::MODELS.iter().map(|m| m.0).collect()
 }
 
+/// The weights of the embedded model `name`: (transformer, text encoder) safetensors bytes.
+pub fn shipped_weights(name: &str) -> anyhow::Result<(&'static [u8], &'static [u8])> {
+    match shipped::MODELS.iter().find(|m| m.0 == name) {
+        Some((_, _, tr, te)) => Ok((tr, te)),
+        None => bail!(
+            "no embedded model `{name}`; built in: {}",
+            if shipped::MODELS.is_empty() {
+                "none".to_string()
+            } else {
+                shipped_names().join(", ")
+            }
+        ),
+    }
+}
+
+/// The embedded shape classifier's weights, if this build has them.
+pub fn shipped_judge() -> Option<&'static [u8]> {
+    shipped::JUDGE
+}
+
 /// Opens `--model DIR` or the embedded model `name` (default `aligned`).
 pub fn open_embedded(model: Option<&Path>, name: Option<&str>) -> anyhow::Result<EmbeddedModel> {
     let dev = Device::Cpu;

@@ -6,10 +6,12 @@ pub mod capture;
 pub mod embedded;
 pub mod error;
 pub mod export;
+pub mod figure;
 pub mod io;
 pub mod metrics;
 pub mod mmdit;
 pub mod perturb;
+pub mod probe;
 pub mod schedule;
 pub mod shapes;
 

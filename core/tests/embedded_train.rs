@@ -14,6 +14,8 @@ fn tiny(aligned: bool, batch: usize, steps: usize) -> ToyConfig {
             lr: 3e-3,
             warmup: 5,
             mask_align_layer: aligned.then_some(1),
+            mask_align_max_sigma: 1.0,
+            init: None,
             ..TrainConfig::default_toy(aligned)
         },
     }
@@ -89,4 +91,63 @@ fn same_seed_same_run() {
         let (x, y) = (a.train_step().unwrap(), b.train_step().unwrap());
         assert_eq!(x.loss, y.loss);
     }
+}
+
+#[test]
+fn fine_tuning_starts_from_the_given_model_and_export_keeps_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut base = Trainer::new(tiny(false, 2, 10), &Device::Cpu).unwrap();
+    for _ in 0..2 {
+        base.train_step().unwrap();
+    }
+    let plain = tmp.path().join("plain");
+    base.save(&plain).unwrap();
+    let mut cfg = tiny(true, 2, 10);
+    cfg.train.init = Some(plain.to_str().unwrap().to_string());
+    let tuned = Trainer::new(cfg.clone(), &Device::Cpu).unwrap();
+    let names: Vec<_> = base.trainable().unwrap();
+    for ((na, a), (nb, b)) in names.iter().zip(tuned.trainable().unwrap()) {
+        assert_eq!(na, &nb);
+        let d = (a.as_tensor() - b.as_tensor()).unwrap().abs().unwrap();
+        let d = d
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(d, 0.0, "{na} not copied");
+    }
+    // A missing folder is a clear error; an embedded name is left to the application.
+    cfg.train.init = Some(tmp.path().join("nope").to_str().unwrap().to_string());
+    let e = Trainer::new(cfg.clone(), &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("nope"), "{e}");
+    cfg.train.init = Some("embedded:plain".into());
+    assert!(Trainer::new(cfg, &Device::Cpu).is_err());
+
+    // Export: f16 weights, expert layer recorded, loads and matches to f16 precision.
+    let shipped = tmp.path().join("shipped");
+    let out =
+        ditlens_core::embedded::export_model(&plain, &shipped, candle_core::DType::F16, Some(0))
+            .unwrap();
+    assert_eq!(out.expert_layer, 0);
+    let m = EmbeddedModel::load_dir(&shipped, &Device::Cpu).unwrap();
+    assert_eq!(m.cfg.expert_layer, 0);
+    let f = std::fs::metadata(shipped.join("transformer/diffusion_pytorch_model.safetensors"))
+        .unwrap()
+        .len();
+    let g = std::fs::metadata(plain.join("transformer/diffusion_pytorch_model.safetensors"))
+        .unwrap()
+        .len();
+    assert!(f * 10 < g * 6, "f16 file {f} vs f32 {g}");
+    assert!(ditlens_core::embedded::export_model(
+        &plain,
+        &shipped,
+        candle_core::DType::F16,
+        Some(7)
+    )
+    .is_err());
 }

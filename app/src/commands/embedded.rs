@@ -15,7 +15,7 @@ use super::forward::blur_spec;
 use crate::cli::{EvalArgs, GenerateArgs, MakeDatasetArgs, SegmentArgs};
 use crate::models::open_embedded;
 
-fn bar(len: usize, what: &str) -> ProgressBar {
+pub(super) fn bar(len: usize, what: &str) -> ProgressBar {
     let b = ProgressBar::new(len as u64);
     b.set_style(
         ProgressStyle::with_template(&format!(
@@ -35,6 +35,7 @@ pub fn generate(a: GenerateArgs) -> anyhow::Result<()> {
         steps: a.steps,
         guidance: a.guidance,
         blur: blur_spec(&a.blur),
+        perturb_guidance: a.perturb_guidance,
     };
     let pb = bar(a.steps, "generate");
     let t0 = Instant::now();

@@ -1,8 +1,12 @@
 //! Dispatch of `ditlens` subcommands.
 
+mod analyses;
 mod bench;
 mod embedded;
 mod forward;
+mod perturb;
+mod probe;
+mod samples;
 mod train;
 
 use crate::cli::{Cli, Command};
@@ -14,10 +18,20 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Forward(a)) => forward::run(a),
         Some(Command::Bench(a)) => bench::run(a),
         Some(Command::Train(a)) => train::run(a),
+        Some(Command::ExportModel(a)) => train::export(a),
+        Some(Command::TrainJudge(a)) => samples::train_judge(a),
+        Some(Command::Samples(a)) => samples::run(a),
         Some(Command::Generate(a)) => embedded::generate(a),
         Some(Command::Segment(a)) => embedded::segment(a),
         Some(Command::Eval(a)) => embedded::eval(a),
         Some(Command::MakeDataset(a)) => embedded::make_dataset(a),
+        Some(Command::Probe(a)) => probe::run(a),
+        Some(Command::Mass(a)) => analyses::mass(a),
+        Some(Command::ValueNorms(a)) => analyses::value_norms(a),
+        Some(Command::Pca(a)) => analyses::pca(a),
+        Some(Command::HeadGrid(a)) => analyses::head_grid(a),
+        Some(Command::TokenGrid(a)) => analyses::token_grid(a),
+        Some(Command::PerturbSweep(a)) => perturb::sweep(a),
         None => {
             // The explorer window is not part of this build yet: show what the CLI offers.
             Cli::command().print_help()?;

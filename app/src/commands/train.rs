@@ -9,7 +9,7 @@ use candle_core::Device;
 use ditlens_core::embedded::{EmbeddedConfig, ToyConfig, TrainConfig, Trainer};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::cli::TrainArgs;
+use crate::cli::{ExportModelArgs, TrainArgs};
 
 /// The run's config: file or shipped recipe, with command-line overrides.
 fn config(a: &TrainArgs) -> anyhow::Result<ToyConfig> {
@@ -45,6 +45,12 @@ fn config(a: &TrainArgs) -> anyhow::Result<ToyConfig> {
     if let Some(v) = a.mask_align_weight {
         t.mask_align_weight = v;
     }
+    match a.init.as_deref() {
+        Some("scratch") => t.init = None,
+        Some(v) => t.init = Some(v.to_string()),
+        None if a.plain => t.init = None,
+        None => {}
+    }
     if let Some(l) = t.mask_align_layer {
         anyhow::ensure!(
             l < c.model.transformer.num_layers,
@@ -70,7 +76,22 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
             }
             t
         }
-        None => Trainer::new(config(&a)?, &dev)?,
+        None => {
+            let c = config(&a)?;
+            match c.train.init.clone() {
+                Some(name) if name.starts_with("embedded:") => {
+                    let (tr, te) = crate::models::shipped_weights(&name["embedded:".len()..])
+                        .with_context(|| format!("--init {name}"))?;
+                    eprintln!("fine-tuning from the {name} model");
+                    Trainer::with_init_weights(c, &dev, tr, te)?
+                }
+                Some(dir) => {
+                    eprintln!("fine-tuning from {dir}");
+                    Trainer::new(c, &dev).with_context(|| format!("--init {dir}"))?
+                }
+                None => Trainer::new(c, &dev)?,
+            }
+        }
     };
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let total = trainer.config.train.steps;
@@ -143,5 +164,19 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     }
     bar.finish();
     eprintln!("done: {} steps, model in {}", trainer.step, a.out.display());
+    Ok(())
+}
+
+/// `ditlens export-model`.
+pub fn export(a: ExportModelArgs) -> anyhow::Result<()> {
+    let cfg =
+        ditlens_core::embedded::export_model(&a.from, &a.out, a.dtype.dtype(), a.expert_layer)
+            .with_context(|| format!("exporting {}", a.from.display()))?;
+    eprintln!(
+        "model in {} (expert layer {}, {:?} weights)",
+        a.out.display(),
+        cfg.expert_layer,
+        a.dtype
+    );
     Ok(())
 }

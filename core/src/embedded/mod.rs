@@ -3,14 +3,23 @@
 
 pub mod config;
 pub mod eval;
+pub mod export;
+pub mod guidance;
 pub mod model;
 pub mod optim;
 pub mod pipeline;
+pub mod probe;
+pub mod samples;
+pub mod shape_judge;
+pub mod sweep;
+#[cfg(test)]
+pub(crate) mod test_model;
 pub mod text_encoder;
 pub mod tokenizer;
 pub mod train;
 
 pub use config::{EmbeddedConfig, ToyConfig, TrainConfig};
+pub use export::export_model;
 pub use model::EmbeddedModel;
 pub use tokenizer::{Tokens, WordTokenizer};
 pub use train::{StepStats, Trainer};

@@ -1,10 +1,11 @@
 //! What the embedded model does for a user: generate an image from a prompt (FlowMatchEuler +
-//! classifier-free guidance, optional I2T blur), and open-vocabulary segmentation of any image
+//! classifier-free guidance, optional I2T blur or perturbed guidance), and open-vocabulary segmentation of any image
 //! from its I2T maps (the paper's scheme), plus dataset evaluation.
 
 use candle_core::{DType, Tensor};
 use serde::Serialize;
 
+use super::guidance::{guided_velocity, Perturbation};
 use super::model::{rgb_to_tensor, seeded_randn, tensor_to_rgb, EmbeddedModel};
 use super::tokenizer::Tokens;
 use crate::capture::CaptureSpec;
@@ -19,8 +20,13 @@ use crate::schedule::{noise_to, FlowMatchEuler};
 pub struct GenerateOptions {
     pub seed: u64,
     pub steps: usize,
+    /// Classifier-free guidance scale.
     pub guidance: f64,
+    /// I2T blur: in every forward, or only in the perturbed-guidance branch when
+    /// `perturb_guidance` is set (see [`super::guidance`] for the exact combination).
     pub blur: Option<BlurSpec>,
+    /// Perturbed-guidance scale `s` (needs `blur`): `ṽ = v_cfg + s·(v(x; A) − v(x; Ã))`.
+    pub perturb_guidance: Option<f64>,
 }
 
 impl Default for GenerateOptions {
@@ -30,7 +36,32 @@ impl Default for GenerateOptions {
             steps: 28,
             guidance: 4.0,
             blur: None,
+            perturb_guidance: None,
         }
+    }
+}
+
+impl GenerateOptions {
+    /// The perturbation these options ask for.
+    pub fn perturbation(&self) -> Result<Perturbation> {
+        Ok(match (&self.blur, self.perturb_guidance) {
+            (None, None) => Perturbation::None,
+            (None, Some(_)) => {
+                return Err(Error::Input(
+                    "perturbed guidance needs blur layers (--blur-i2t LAYERS)".into(),
+                ))
+            }
+            (Some(b), None) => Perturbation::Regenerate(b.clone()),
+            (Some(b), Some(scale)) if scale.is_finite() => Perturbation::Guidance {
+                blur: b.clone(),
+                scale,
+            },
+            (Some(_), Some(scale)) => {
+                return Err(Error::Input(format!(
+                    "perturbed-guidance scale must be finite, got {scale}"
+                )))
+            }
+        })
     }
 }
 
@@ -63,17 +94,20 @@ impl EmbeddedModel {
         .schedule(opts.steps)?;
         let dev = self.device().clone();
         let mut x = seeded_randn(&[1, 3, size, size], opts.seed, &dev)?;
-        let fwd = ForwardOptions {
-            blur: opts.blur.clone(),
-            ..Default::default()
-        };
+        let perturbation = opts.perturbation()?;
+        let none = CaptureSpec::default();
         for i in 0..sched.steps() {
-            let xin = Tensor::cat(&[&x, &x], 0)?;
-            let t = Tensor::new(&[sched.timesteps[i], sched.timesteps[i]], &dev)?;
-            let v = self.mmdit.forward(&xin, &t, &ctx, &pooled, &fwd)?.sample;
-            let (vc, vu) = (v.narrow(0, 0, 1)?, v.narrow(0, 1, 1)?);
-            let v = (&vu + ((&vc - &vu)? * opts.guidance)?)?;
-            x = sched.step(i, &x, &v)?;
+            let t = sched.timesteps[i];
+            let g = guided_velocity(
+                &self.mmdit,
+                &x,
+                t,
+                (&ctx, &pooled),
+                opts.guidance,
+                &perturbation,
+                &none,
+            )?;
+            x = sched.step(i, &x, &g.velocity)?;
             if !on_step(i + 1, sched.steps(), &x) {
                 return Err(Error::Input("cancelled".into()));
             }
@@ -161,6 +195,24 @@ pub fn class_prompt(classes: &[String]) -> Result<(String, Vec<Vec<usize>>)> {
 }
 
 impl EmbeddedModel {
+    /// An RGB image (`w × h`) squashed to the model's input, as SD3's pipeline squashes to 1024².
+    ///
+    /// # Shapes
+    /// `rgb: w·h·3` bytes → `[1, 3, S, S]` in [-1, 1]
+    pub fn image_tensor(&self, rgb: &[u8], w: usize, h: usize) -> Result<Tensor> {
+        let size = self.cfg.image_size;
+        let img = image::RgbImage::from_raw(w as u32, h as u32, rgb.to_vec()).ok_or_else(|| {
+            Error::Input(format!("image buffer does not hold {w}×{h} RGB pixels"))
+        })?;
+        let small = image::imageops::resize(
+            &img,
+            size as u32,
+            size as u32,
+            image::imageops::FilterType::Triangle,
+        );
+        Ok(rgb_to_tensor(small.as_raw(), size, self.device())?.unsqueeze(0)?)
+    }
+
     /// Runs the noised image with the class prompt once and returns head-mean I2T `[N, L]` of
     /// the requested blocks.
     fn i2t_for(
@@ -173,18 +225,8 @@ impl EmbeddedModel {
         opts: &SegmentOptions,
     ) -> Result<(Vec<Tensor>, f32, f32)> {
         let size = self.cfg.image_size;
-        let img = image::RgbImage::from_raw(w as u32, h as u32, rgb.to_vec()).ok_or_else(|| {
-            Error::Input(format!("image buffer does not hold {w}×{h} RGB pixels"))
-        })?;
-        // Squash to the model's input, as SD3's pipeline squashes to 1024².
-        let small = image::imageops::resize(
-            &img,
-            size as u32,
-            size as u32,
-            image::imageops::FilterType::Triangle,
-        );
         let dev = self.device().clone();
-        let x0 = rgb_to_tensor(small.as_raw(), size, &dev)?.unsqueeze(0)?;
+        let x0 = self.image_tensor(rgb, w, h)?;
         let sched = FlowMatchEuler {
             shift: self.cfg.shift,
             ..Default::default()

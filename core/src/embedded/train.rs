@@ -159,6 +159,27 @@ fn sincos_2d(m: usize, d: usize) -> Vec<f32> {
     out
 }
 
+/// Sets every variable of a store from safetensors bytes; a missing tensor or a wrong shape is
+/// an error naming it.
+fn set_vars(vm: &VarMap, bytes: &[u8], what: &str, device: &Device) -> Result<()> {
+    let tensors = candle_core::safetensors::load_buffer(bytes, device)
+        .map_err(|e| Error::Input(format!("initial {what} weights: {e}")))?;
+    for (name, var) in sorted_vars(vm)? {
+        let t = tensors.get(&name).ok_or_else(|| Error::MissingTensor {
+            name: format!("{what}: {name}"),
+        })?;
+        if t.dims() != var.dims() {
+            return Err(Error::WrongShape {
+                name: format!("{what}: {name}"),
+                expected: var.dims().to_vec(),
+                got: t.dims().to_vec(),
+            });
+        }
+        var.set(&t.to_dtype(DType::F32)?)?;
+    }
+    Ok(())
+}
+
 /// Variables that stay fixed: the position table (as in SD3), the pooled-text projection's
 /// weight (its input is the constant zero pooled vector) and the last block's text queries (a
 /// context-pre-only block discards its text outputs, so they never affect anything).
@@ -184,22 +205,62 @@ pub struct Trainer {
 }
 
 impl Trainer {
-    /// A fresh run.
+    /// A fresh run. `config.train.init` may name a model folder to start from; an
+    /// `embedded:` name must be resolved by the caller ([`Trainer::with_init_weights`]).
     pub fn new(config: ToyConfig, device: &Device) -> Result<Self> {
+        let init = match config.train.init.as_deref() {
+            None => None,
+            Some(name) if name.starts_with("embedded:") => {
+                return Err(Error::Config(format!(
+                    "init {name:?}: an embedded model is only known to the application"
+                )))
+            }
+            Some(dir) => {
+                let dir = Path::new(dir);
+                let read = |p: PathBuf| std::fs::read(&p).map_err(|e| Error::io(&p, e));
+                Some((
+                    read(dir.join("transformer/diffusion_pytorch_model.safetensors"))?,
+                    read(dir.join("text_encoder.safetensors"))?,
+                ))
+            }
+        };
+        Self::build(config, device, init.as_ref().map(|(a, b)| (&a[..], &b[..])))
+    }
+
+    /// A fresh run starting from the given weights (safetensors bytes of the transformer and
+    /// the text encoder, e.g. an embedded model's), fine-tuned with a fresh optimiser.
+    pub fn with_init_weights(
+        config: ToyConfig,
+        device: &Device,
+        transformer: &[u8],
+        text: &[u8],
+    ) -> Result<Self> {
+        Self::build(config, device, Some((transformer, text)))
+    }
+
+    fn build(config: ToyConfig, device: &Device, init: Option<(&[u8], &[u8])>) -> Result<Self> {
         config.model.validate()?;
         let transformer = VarMap::new();
         let text = VarMap::new();
         let model = EmbeddedModel::from_varmaps(&config.model, &transformer, &text, device)?;
         init_vars(&transformer, config.train.seed, None)?;
         init_vars(&text, config.train.seed ^ 0x7e57, None)?;
+        if let Some((tw, xw)) = init {
+            set_vars(&transformer, tw, "transformer", device)?;
+            set_vars(&text, xw, "text encoder", device)?;
+        }
         let vars = trainable_vars(&transformer, &text, config.model.transformer.num_layers)?;
         let opt = AdamW::new(vars, config.train.weight_decay)?;
+        let [sentence, class_list, colour_shape, empty] = config.train.caption_weights;
         let sampler = CaptionSampler {
+            sentence,
+            class_list,
+            colour_shape,
+            empty,
             options: CaptionOptions {
                 shuffle_objects: false,
                 word_dropout: 0.0,
             },
-            ..CaptionSampler::default()
         };
         Ok(Self {
             config,
@@ -219,7 +280,7 @@ impl Trainer {
         let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
         let state: TrainState = serde_json::from_str(&text)
             .map_err(|e| Error::Config(format!("{}: {e}", p.display())))?;
-        let mut t = Self::new(state.config, device)?;
+        let mut t = Self::build(state.config, device, None)?;
         let load = |vm: &mut VarMap, file: PathBuf| -> Result<()> {
             vm.load(&file)
                 .map_err(|e| Error::Input(format!("{}: {e}", file.display())))
@@ -370,6 +431,23 @@ impl Trainer {
         let target = (&eps - &b.x0)?;
         let toks: Vec<&super::tokenizer::Tokens> = b.tokens.iter().collect();
         let (ctx, pooled) = self.model.encode(&toks)?;
+        // Alignment only where the image is still visible through the noise.
+        let sigmas: Vec<f32> = sigma.to_vec1()?;
+        let visible = |bi: usize| sigmas[bi] as f64 <= tc.mask_align_max_sigma;
+        let b = Batch {
+            align: b
+                .align
+                .into_iter()
+                .filter(|(bi, _, _)| visible(*bi))
+                .collect(),
+            classes: b
+                .classes
+                .into_iter()
+                .enumerate()
+                .map(|(bi, g)| if visible(bi) { g } else { vec![] })
+                .collect(),
+            ..b
+        };
         let align_layer = tc
             .mask_align_layer
             .filter(|_| tc.mask_align_weight > 0.0 && !b.align.is_empty());

@@ -31,7 +31,7 @@ pub use dataset::{
 };
 pub use error::ShapesError;
 pub use geometry::{contains_unit, polygon, PlacedShape, Placement, ShapeParams};
-pub(crate) use palette::hsv;
+pub(crate) use palette::{distance as colour_distance, hsv};
 pub use palette::{Rgb, MIN_OBJECT_BACKGROUND_DISTANCE};
 pub use render::{MAX_OBJECTS, SUPERSAMPLE};
 pub use scene::{Object, Scene, SceneConfig};
