@@ -182,8 +182,8 @@ impl TrainConfig {
             warmup: 100,
             seed: 20261123,
             mask_align_layer: Some(3),
-            mask_align_weight: 2.0,
-            mask_align_max_sigma: 0.85,
+            mask_align_weight: 1.0,
+            mask_align_max_sigma: 0.7,
             init: Some("embedded:plain".into()),
             caption_weights: [0.25, 0.50, 0.15, 0.10],
             ..plain
