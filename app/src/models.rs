@@ -36,6 +36,15 @@ pub fn shipped_judge() -> Option<&'static [u8]> {
     shipped::JUDGE
 }
 
+/// The embedded model used when none is named: `aligned` where this build has it, else `plain`.
+pub fn default_name() -> &'static str {
+    if shipped::MODELS.iter().any(|m| m.0 == "aligned") {
+        "aligned"
+    } else {
+        "plain"
+    }
+}
+
 /// Opens `--model DIR` or the embedded model `name` (default `aligned`).
 pub fn open_embedded(model: Option<&Path>, name: Option<&str>) -> anyhow::Result<EmbeddedModel> {
     let dev = Device::Cpu;
@@ -44,7 +53,7 @@ pub fn open_embedded(model: Option<&Path>, name: Option<&str>) -> anyhow::Result
         return EmbeddedModel::load_dir(dir, &dev)
             .with_context(|| format!("loading {}", dir.display()));
     }
-    let want = name.unwrap_or("aligned");
+    let want = name.unwrap_or(default_name());
     match shipped::MODELS.iter().find(|m| m.0 == want) {
         Some((_, cfg, tr, te)) => Ok(EmbeddedModel::from_bytes(cfg, tr, te, &dev)?),
         None if shipped::MODELS.is_empty() => {

@@ -177,8 +177,11 @@ impl TrainConfig {
         }
         // Class lists are the captions that teach shape grounding (a sentence's shape word
         // can be found by its colour alone), so the fine-tune sees them twice as often.
+        // A fine-tune at the plain recipe's peak lr (1e-3) wiped out generation (prompts
+        // ignored, noise-like images by step 1100); 2e-4 keeps it.
         Self {
             steps: 3000,
+            lr: 2e-4,
             warmup: 100,
             seed: 20261123,
             mask_align_layer: Some(3),
