@@ -9,14 +9,19 @@ pub use analysis::*;
 
 /// DiT Lens: look inside the joint attention of multi-modal diffusion transformers.
 #[derive(Debug, Parser)]
-#[command(name = "ditlens", version, about, long_about = None)]
+#[command(name = "ditlens", version, about, long_about = None, args_conflicts_with_subcommands = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// With no subcommand: open the explorer window (the same options as `ditlens gui`).
+    #[command(flatten)]
+    pub window: GuiArgs,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Open the explorer window (also what `ditlens` with no subcommand does).
+    Gui(GuiArgs),
     /// Raw transformer forward on given inputs, writing the output and every block's captures.
     Forward(ForwardArgs),
     /// Time a forward of an SD3-medium-size random-weight model with and without capture.
@@ -339,4 +344,57 @@ pub struct MakeDatasetArgs {
     /// Image side in pixels.
     #[arg(long, default_value_t = 64)]
     pub size: usize,
+}
+
+/// The centre view of the window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ViewArg {
+    Map,
+    Segment,
+    Perturb,
+    Pca,
+}
+
+/// Options of the explorer window.
+#[derive(Debug, Args, Default)]
+pub struct GuiArgs {
+    /// A model folder (written by `ditlens train` / `export-model`) instead of the embedded model.
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// Which embedded model to open (`aligned` or `plain`).
+    #[arg(long, value_name = "NAME")]
+    pub embedded: Option<String>,
+    /// Generate this prompt on start.
+    #[arg(long)]
+    pub prompt: Option<String>,
+    /// Seed of the generation.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Analyse this image on start.
+    #[arg(long, value_name = "IMG")]
+    pub image: Option<PathBuf>,
+    /// Class names for --image, comma separated.
+    #[arg(long)]
+    pub classes: Option<String>,
+    /// Draw a random shapes-world scene and analyse it on start.
+    #[arg(long)]
+    pub sample_scene: bool,
+    /// Layer to select once the job is done.
+    #[arg(long)]
+    pub layer: Option<usize>,
+    /// Token to select (a word of the prompt or a text position).
+    #[arg(long)]
+    pub token: Option<String>,
+    /// Centre view to show.
+    #[arg(long, value_enum)]
+    pub view: Option<ViewArg>,
+    /// Wait for the job, save a screenshot of the window here and exit (non-zero if the job failed).
+    #[arg(long, value_name = "OUT.png")]
+    pub screenshot: Option<PathBuf>,
+    /// Measure N frames after the job and print mean and p95 frame time, then exit.
+    #[arg(long, value_name = "N")]
+    pub bench_ui: Option<usize>,
+    /// With --bench-ui: fill the layer × head grid with SD3-medium-size data (24 × 24 thumbnails).
+    #[arg(long)]
+    pub bench_sd3_grid: bool,
 }

@@ -1,11 +1,8 @@
-//! `ditlens`: the DiT Lens binary. With no arguments it will open the explorer window; with a
+//! `ditlens`: the DiT Lens binary. With no subcommand it opens the explorer window; with a
 //! subcommand it runs headless. Errors are printed once, on one line, with a non-zero exit.
 
-mod cli;
-mod commands;
-mod models;
-
 use clap::Parser;
+use ditlens::{cli, commands};
 
 // Large short-lived tensors next to long-lived captures fragment glibc's heap; mimalloc keeps
 // capture overhead and training allocation costs low.

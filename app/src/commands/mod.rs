@@ -10,7 +10,6 @@ mod samples;
 mod train;
 
 use crate::cli::{Cli, Command};
-use clap::CommandFactory;
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -32,11 +31,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::HeadGrid(a)) => analyses::head_grid(a),
         Some(Command::TokenGrid(a)) => analyses::token_grid(a),
         Some(Command::PerturbSweep(a)) => perturb::sweep(a),
-        None => {
-            // The explorer window is not part of this build yet: show what the CLI offers.
-            Cli::command().print_help()?;
-            println!();
-            Ok(())
-        }
+        Some(Command::Gui(a)) => crate::gui::run(&a),
+        None => crate::gui::run(&cli.window),
     }
 }

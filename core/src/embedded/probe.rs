@@ -197,6 +197,19 @@ impl EmbeddedModel {
         opts: &ProbeOptions,
         mut on_step: impl FnMut(usize, usize) -> bool,
     ) -> Result<ProbeCapture> {
+        self.probe_steps(prompt, source, opts, |done, total, _| on_step(done, total))
+    }
+
+    /// [`Self::probe`] that also hands `on_step(done, total, sample)` the current sample
+    /// `[1, 3, S, S]` after each sampling step of a generation (`None` for an image), so a viewer
+    /// can show the image appear step by step.
+    pub fn probe_steps(
+        &self,
+        prompt: &str,
+        source: ProbeSource<'_>,
+        opts: &ProbeOptions,
+        mut on_step: impl FnMut(usize, usize, Option<&Tensor>) -> bool,
+    ) -> Result<ProbeCapture> {
         let t0 = Instant::now();
         let (keep, memory) = self.probe_plan(opts)?;
         let tokens = self.tokenize(prompt)?;
@@ -249,7 +262,7 @@ impl EmbeddedModel {
                         store(i, &g.output.blocks)?;
                     }
                     x = sched.step(i, &x, &g.velocity)?;
-                    if !on_step(i + 1, sched.steps()) {
+                    if !on_step(i + 1, sched.steps(), Some(&x)) {
                         return Err(cancelled());
                     }
                 }
@@ -271,7 +284,7 @@ impl EmbeddedModel {
                     let out = self.mmdit.forward(&xt, &t, &ctx, &pooled, &fwd)?;
                     grid = out.grid;
                     store(i, &out.blocks)?;
-                    if !on_step(k + 1, keep.len()) {
+                    if !on_step(k + 1, keep.len(), None) {
                         return Err(cancelled());
                     }
                 }

@@ -1,0 +1,452 @@
+//! What the worker does for each command: calls into `ditlens-core` and reports progress.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use candle_core::Tensor;
+use ditlens_core::embedded::model::tensor_to_rgb;
+use ditlens_core::embedded::pipeline::{class_prompt, GenerateOptions, SegmentOptions};
+use ditlens_core::embedded::probe::{ProbeOptions, ProbeSource};
+use ditlens_core::embedded::EmbeddedModel;
+use ditlens_core::export::{
+    read_rgb, write_class_pngs, write_label_png, write_overlay_png, write_rgb_png,
+};
+use ditlens_core::figure::{write_png, write_svg, MassPlot, Plot, ValueNormPlot};
+use ditlens_core::metrics::Confusion;
+use ditlens_core::perturb::BlurSpec;
+use ditlens_core::probe::figures::{head_grid, token_grid};
+use ditlens_core::probe::{sidecar_path, Feature, MapKind, ProbeCapture};
+
+use super::protocol::{
+    AnalyseJob, Event, ExportJob, GenerateJob, JobId, ModelInfo, ModelSource, PerturbJob, Picture,
+};
+use super::worker::Link;
+
+/// Loads a model and describes it.
+pub fn open_model(src: &ModelSource) -> anyhow::Result<(EmbeddedModel, ModelInfo)> {
+    let model = match src {
+        ModelSource::Embedded(name) => crate::models::open_embedded(None, Some(name))?,
+        ModelSource::Folder(dir) => crate::models::open_embedded(Some(dir), None)?,
+    };
+    let t = &model.cfg.transformer;
+    let info = ModelInfo {
+        source: src.clone(),
+        variant: "embedded MM-DiT (SD3 code path, pixel space)".into(),
+        layers: t.num_layers,
+        heads: t.num_attention_heads,
+        image_size: model.cfg.image_size,
+        text_len: model.cfg.text.max_len,
+        expert_layer: model.cfg.expert_layer,
+    };
+    Ok((model, info))
+}
+
+/// Decodes an image file.
+pub fn load_image(link: &Link, job: JobId, path: PathBuf) -> anyhow::Result<()> {
+    let (rgb, width, height) = read_rgb(&path)?;
+    link.emit(Event::ImageLoaded(
+        job,
+        path,
+        Picture { rgb, width, height },
+    ));
+    Ok(())
+}
+
+/// The paper's segmentation step (index 20 of 28) scaled to `steps`.
+pub fn paper_step(steps: usize) -> usize {
+    (steps * 20 / 28).min(steps.saturating_sub(1))
+}
+
+fn sample_picture(x: &Tensor, size: usize) -> anyhow::Result<Picture> {
+    Ok(Picture {
+        rgb: tensor_to_rgb(&x.squeeze(0)?)?,
+        width: size,
+        height: size,
+    })
+}
+
+fn probe_options(model: &EmbeddedModel, seed: u64, steps: usize, guidance: f64) -> ProbeOptions {
+    ProbeOptions {
+        seed,
+        steps,
+        guidance,
+        qkv_layers: (0..model.cfg.transformer.num_layers).collect(),
+        ..ProbeOptions::default()
+    }
+}
+
+/// Generates with capture at every step, sending each step's sample.
+pub fn generate(
+    model: &EmbeddedModel,
+    link: &mut Link,
+    job: JobId,
+    g: &GenerateJob,
+) -> anyhow::Result<Arc<ProbeCapture>> {
+    let opts = probe_options(model, g.seed, g.steps, g.guidance);
+    let size = model.cfg.image_size;
+    let mut failure = None;
+    let cap = model.probe_steps(&g.prompt, ProbeSource::Generate, &opts, |done, total, x| {
+        link.emit(Event::Progress {
+            job,
+            done,
+            total,
+            what: "generating".into(),
+        });
+        if let Some(x) = x {
+            match sample_picture(x, size) {
+                Ok(picture) => link.emit(Event::StepImage {
+                    job,
+                    step: done,
+                    picture,
+                }),
+                Err(e) => failure = Some(e),
+            }
+        }
+        failure.is_none() && link.keep_going()
+    });
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let cap = Arc::new(cap?);
+    let picture = cap.image.as_ref().map(|(rgb, s)| Picture {
+        rgb: rgb.clone(),
+        width: *s,
+        height: *s,
+    });
+    link.emit(Event::Captured {
+        job,
+        capture: cap.clone(),
+        picture,
+    });
+    Ok(cap)
+}
+
+/// Captures an image at every step, then masks, proposals and (with ground truth) mIoU per layer.
+pub fn analyse(
+    model: &EmbeddedModel,
+    link: &mut Link,
+    job: JobId,
+    a: &AnalyseJob,
+) -> anyhow::Result<Arc<ProbeCapture>> {
+    let (prompt, _) = class_prompt(&a.classes)?;
+    let opts = probe_options(model, a.seed, a.steps, 0.0);
+    let p = &a.picture;
+    let source = ProbeSource::Image {
+        rgb: &p.rgb,
+        width: p.width,
+        height: p.height,
+    };
+    let extra = 2 + usize::from(a.truth.is_some());
+    let total = a.steps + extra;
+    let cap = model.probe_steps(&prompt, source, &opts, |done, _, _| {
+        link.emit(Event::Progress {
+            job,
+            done,
+            total,
+            what: "capturing".into(),
+        });
+        link.keep_going()
+    })?;
+    let cap = Arc::new(cap);
+    link.emit(Event::Captured {
+        job,
+        capture: cap.clone(),
+        picture: None,
+    });
+    segment(model, link, job, p, &a.classes, a.layer)?;
+    link.emit(Event::Progress {
+        job,
+        done: a.steps + 1,
+        total,
+        what: "segmenting".into(),
+    });
+    if !link.keep_going() {
+        anyhow::bail!("cancelled");
+    }
+    unsupervised(model, link, job, p, a.layer, a.threshold)?;
+    if let Some((names, truth)) = &a.truth {
+        link.emit(Event::Progress {
+            job,
+            done: a.steps + 2,
+            total,
+            what: "scoring every layer".into(),
+        });
+        if !link.keep_going() {
+            anyhow::bail!("cancelled");
+        }
+        let scores = layer_scores(model, a, names, truth)?;
+        link.emit(Event::LayerScores(job, scores));
+    }
+    Ok(cap)
+}
+
+/// mIoU of each layer's masks against the exact labels of a sample scene.
+fn layer_scores(
+    model: &EmbeddedModel,
+    a: &AnalyseJob,
+    names: &[String],
+    truth: &[u8],
+) -> anyhow::Result<Vec<f64>> {
+    let mut present: Vec<u8> = truth.to_vec();
+    present.sort_unstable();
+    present.dedup();
+    let classes: Vec<String> = present
+        .iter()
+        .map(|&c| {
+            names
+                .get(c as usize)
+                .cloned()
+                .with_context(|| format!("label {c} has no class name"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let layers: Vec<usize> = (0..model.cfg.transformer.num_layers).collect();
+    let p = &a.picture;
+    let opts = segment_options(a.seed, a.steps, None);
+    let preds = model.segment_layers(&p.rgb, p.width, p.height, &classes, &layers, &opts)?;
+    let mut out = vec![];
+    for pred in preds {
+        let mapped: Vec<u8> = pred.iter().map(|&j| present[j as usize]).collect();
+        let mut conf = Confusion::new(names.len())?;
+        conf.add(&mapped, truth)?;
+        // mIoU over the classes present (absent classes have no IoU).
+        out.push(conf.mean_iou());
+    }
+    Ok(out)
+}
+
+fn segment_options(seed: u64, steps: usize, layer: Option<usize>) -> SegmentOptions {
+    let steps = steps.max(1);
+    SegmentOptions {
+        layer,
+        seed,
+        steps,
+        step_index: paper_step(steps),
+    }
+}
+
+/// Open-vocabulary masks at a layer.
+pub fn segment(
+    model: &EmbeddedModel,
+    link: &Link,
+    job: JobId,
+    p: &Picture,
+    classes: &[String],
+    layer: usize,
+) -> anyhow::Result<()> {
+    let seg = model.segment(
+        &p.rgb,
+        p.width,
+        p.height,
+        classes,
+        &segment_options(0, 28, Some(layer)),
+    )?;
+    link.emit(Event::Segmented(job, Box::new(seg)));
+    Ok(())
+}
+
+/// Unsupervised proposals at a layer and threshold.
+pub fn unsupervised(
+    model: &EmbeddedModel,
+    link: &Link,
+    job: JobId,
+    p: &Picture,
+    layer: usize,
+    threshold: f32,
+) -> anyhow::Result<()> {
+    let props = model.segment_unsupervised(
+        &p.rgb,
+        p.width,
+        p.height,
+        threshold,
+        &segment_options(0, 28, Some(layer)),
+    )?;
+    link.emit(Event::Proposals(job, Box::new(props)));
+    Ok(())
+}
+
+/// PCA of image Q/K/V of the last capture.
+pub fn pca(
+    cap: Option<&ProbeCapture>,
+    link: &Link,
+    job: JobId,
+    step: usize,
+    layer: usize,
+    feature: Feature,
+) -> anyhow::Result<()> {
+    let cap = cap.context("nothing is captured yet: generate or analyse an image first")?;
+    let img = cap.pca(step, layer, feature)?;
+    link.emit(Event::Pca {
+        job,
+        step,
+        layer,
+        picture: Picture {
+            rgb: img.rgb,
+            width: img.width,
+            height: img.height,
+        },
+        explained: img.explained_variance_ratio,
+    });
+    Ok(())
+}
+
+/// The same seed generated without and with the I2T blur.
+pub fn perturb(
+    model: &EmbeddedModel,
+    link: &mut Link,
+    job: JobId,
+    p: &PerturbJob,
+) -> anyhow::Result<()> {
+    let g = &p.generate;
+    let base = GenerateOptions {
+        seed: g.seed,
+        steps: g.steps,
+        guidance: g.guidance,
+        blur: None,
+        perturb_guidance: None,
+    };
+    let blurred = GenerateOptions {
+        blur: Some(BlurSpec {
+            layers: p.layers.clone(),
+            sigma: p.sigma,
+            kernel: p.kernel,
+            renorm: false,
+        }),
+        perturb_guidance: p.scale,
+        ..base.clone()
+    };
+    blurred.perturbation()?;
+    let total = 2 * g.steps;
+    let run = |opts: &GenerateOptions, offset: usize, link: &mut Link| {
+        model.generate(&g.prompt, opts, |done, _, _| {
+            link.emit(Event::Progress {
+                job,
+                done: offset + done,
+                total,
+                what: if offset == 0 {
+                    "unperturbed".into()
+                } else {
+                    "perturbed".into()
+                },
+            });
+            link.keep_going()
+        })
+    };
+    let a = run(&base, 0, link)?;
+    let b = run(&blurred, g.steps, link)?;
+    let pic = |rgb: Vec<u8>, s: usize| Picture {
+        rgb,
+        width: s,
+        height: s,
+    };
+    link.emit(Event::Perturbed {
+        job,
+        plain: pic(a.rgb, a.size),
+        perturbed: pic(b.rgb, b.size),
+    });
+    Ok(())
+}
+
+fn figure(plot: &impl Plot, path: &Path) -> anyhow::Result<()> {
+    let svg = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("svg"));
+    if svg {
+        write_svg(plot, path)?;
+    } else {
+        write_png(plot, path)?;
+    }
+    Ok(())
+}
+
+/// Writes what the user asked for and says where it went.
+pub fn export(link: &Link, job: JobId, e: ExportJob) -> anyhow::Result<()> {
+    let kind = |t2i: bool| if t2i { MapKind::T2i } else { MapKind::I2t };
+    let message = match e {
+        ExportJob::Masks {
+            path,
+            picture: p,
+            labels,
+            classes,
+        } => {
+            write_label_png(&path, &labels, p.width, p.height)?;
+            let overlay = path.with_extension("overlay.png");
+            write_overlay_png(&overlay, &p.rgb, &labels, p.width, p.height)?;
+            let dir = path.with_extension("classes");
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let n = write_class_pngs(&dir, &labels, p.width, p.height, &classes)?.len();
+            format!(
+                "masks written: {} (labels), {} (overlay), {} ({n} class masks)",
+                path.display(),
+                overlay.display(),
+                dir.display()
+            )
+        }
+        ExportJob::HeadGrid {
+            path,
+            capture,
+            step,
+            token,
+            t2i,
+        } => {
+            figure(&head_grid(&capture, step, token, kind(t2i))?, &path)?;
+            format!("layer × head grid written to {}", path.display())
+        }
+        ExportJob::TokenGrid {
+            path,
+            capture,
+            step,
+            layer,
+            t2i,
+        } => {
+            let tokens: Vec<usize> = (0..capture.summary.n_txt).collect();
+            figure(
+                &token_grid(&capture, step, layer, &tokens, kind(t2i))?,
+                &path,
+            )?;
+            format!("token grid written to {}", path.display())
+        }
+        ExportJob::Plot {
+            path,
+            capture,
+            step,
+            value_norms,
+        } => {
+            if value_norms {
+                let norms = capture.value_norms(step)?;
+                figure(
+                    &ValueNormPlot {
+                        norms: &norms,
+                        title: format!("Value norms per block, step {step}"),
+                    },
+                    &path,
+                )?;
+            } else {
+                let mass = capture.attention_mass(step)?;
+                figure(
+                    &MassPlot {
+                        mass: &mass,
+                        title: format!("Attention mass per block, step {step}"),
+                    },
+                    &path,
+                )?;
+            }
+            format!("plot written to {}", path.display())
+        }
+        ExportJob::Capture { path, capture } => {
+            let side = sidecar_path(&path);
+            capture.save(&path, &side)?;
+            format!(
+                "captured tensors written to {} (summary {})",
+                path.display(),
+                side.display()
+            )
+        }
+        ExportJob::Screenshot { path, picture: p } => {
+            write_rgb_png(&path, &p.rgb, p.width, p.height)?;
+            format!("screenshot written to {}", path.display())
+        }
+    };
+    link.emit(Event::Exported(job, message));
+    Ok(())
+}

@@ -1,0 +1,269 @@
+//! The scripted start (`ditlens gui --prompt … --screenshot OUT.png`, `--bench-ui N`): start a
+//! job once the model is loaded, select layer and token, then benchmark frames, save a
+//! screenshot and close, recording failures for the exit code.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use super::app::ExplorerApp;
+use super::protocol::{Command, JobId};
+use super::settings::{CentreView, Settings};
+use super::views::GridData;
+
+/// The job to start with.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Start {
+    Generate {
+        prompt: String,
+        seed: Option<u64>,
+    },
+    Image {
+        path: PathBuf,
+        classes: Option<String>,
+    },
+    SampleScene,
+}
+
+/// What the run ended with.
+#[derive(Debug, Default, Clone)]
+pub struct Outcome {
+    pub error: Option<String>,
+    pub bench: Option<String>,
+    pub screenshot: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum Stage {
+    Model,
+    Jobs,
+    Settle(u32),
+    Bench(usize),
+    Shot,
+    Done,
+}
+
+/// The scripted part of a start.
+#[derive(Debug)]
+pub struct Script {
+    pub start: Option<Start>,
+    pub layer: Option<usize>,
+    pub token: Option<String>,
+    pub view: Option<CentreView>,
+    pub screenshot: Option<PathBuf>,
+    pub bench: Option<usize>,
+    /// Fill the layer × head grid with SD3-medium-size data (24 × 24, 64 × 64 maps).
+    pub bench_sd3_grid: bool,
+    pub outcome: Arc<Mutex<Outcome>>,
+    pub(super) stage: Stage,
+}
+
+impl Default for Script {
+    fn default() -> Self {
+        Self {
+            start: None,
+            layer: None,
+            token: None,
+            view: None,
+            screenshot: None,
+            bench: None,
+            bench_sd3_grid: false,
+            outcome: Arc::default(),
+            stage: Stage::Model,
+        }
+    }
+}
+
+impl Script {
+    /// Whether the window closes by itself (screenshot or benchmark).
+    pub fn unattended(&self) -> bool {
+        self.screenshot.is_some() || self.bench.is_some()
+    }
+
+    /// Puts the command line's prompt, seed, classes and view into the settings.
+    pub fn apply_settings(&self, s: &mut Settings) {
+        match &self.start {
+            Some(Start::Generate { prompt, seed }) => {
+                s.prompt = prompt.clone();
+                if let Some(seed) = seed {
+                    s.seed = *seed;
+                }
+            }
+            Some(Start::Image {
+                classes: Some(c), ..
+            }) => s.classes = c.clone(),
+            _ => {}
+        }
+        if let Some(v) = self.view {
+            s.centre = v;
+        }
+    }
+
+    fn set_error(&self, e: String) {
+        if let Ok(mut o) = self.outcome.lock() {
+            o.error.get_or_insert(e);
+        }
+    }
+}
+
+/// SD3-medium-size grid data: 24 layers × 24 heads (+ mean) of 64 × 64 maps.
+fn sd3_grid() -> GridData {
+    let (layers, heads, side) = (24, 24, 64);
+    let maps = (0..layers)
+        .map(|l| {
+            (0..=heads)
+                .map(|h| {
+                    (0..side * side)
+                        .map(|i| {
+                            let (x, y) = ((i % side) as f32, (i / side) as f32);
+                            ((x * 0.1 + l as f32).sin() * (y * 0.07 + h as f32).cos()).abs()
+                        })
+                        .collect()
+                })
+                .collect()
+        })
+        .collect();
+    GridData {
+        layers,
+        heads,
+        width: side,
+        height: side,
+        maps,
+        lo: 0.0,
+        hi: 1.0,
+        version: u64::MAX / 2,
+    }
+}
+
+impl ExplorerApp {
+    pub(super) fn script_model_loaded(&mut self) {
+        if self.script.stage != Stage::Model {
+            return;
+        }
+        match self.script.start.take() {
+            Some(Start::Generate { .. }) => self.generate(),
+            Some(Start::Image { path, .. }) => {
+                self.start("reading the image", false, |id| {
+                    Command::LoadImage(id, path)
+                });
+            }
+            Some(Start::SampleScene) => self.sample_scene(),
+            None => {}
+        }
+        self.script.stage = Stage::Jobs;
+    }
+
+    pub(super) fn script_finished(&mut self, _job: JobId, error: Option<String>) {
+        if let Some(e) = error {
+            if self.script.unattended() && self.script.stage == Stage::Jobs {
+                self.script.set_error(e);
+                self.script.stage = Stage::Done;
+            }
+        }
+    }
+
+    pub(super) fn script_failed(&mut self, error: String) {
+        if self.script.unattended() && matches!(self.script.stage, Stage::Model | Stage::Jobs) {
+            self.script.set_error(error);
+            self.script.stage = Stage::Done;
+        }
+    }
+
+    fn script_select(&mut self) {
+        if self.script.unattended() {
+            // Screenshots and timings show the result, not the start-up messages.
+            self.toasts.items.retain(|t| t.error);
+        }
+        let (layers, _) = self.session.dims();
+        if let Some(l) = self.script.layer {
+            if l < layers {
+                self.session.selection.layer = l;
+            } else {
+                let e = format!(
+                    "--layer {l}: the model has layers 0..{}",
+                    layers.saturating_sub(1)
+                );
+                self.toasts.error(e.clone());
+                if self.script.unattended() {
+                    self.script.set_error(e);
+                }
+            }
+        }
+        if let Some(t) = self.script.token.clone() {
+            if let Err(e) = self.session.select_token(&t) {
+                self.toasts.error(e.clone());
+                if self.script.unattended() {
+                    self.script.set_error(e);
+                }
+            }
+        }
+        if self.script.bench_sd3_grid {
+            self.settings.show_grid = true;
+            self.views.grid = Some(Arc::new(sd3_grid()));
+        }
+    }
+
+    /// Advances the script after a frame that started at `t0`.
+    pub(super) fn script_frame(&mut self, ctx: &egui::Context, t0: Instant) {
+        let shot = self.collect_shots();
+        match self.script.stage {
+            Stage::Model | Stage::Done => {}
+            Stage::Jobs => {
+                if self.running.is_empty() {
+                    self.script_select();
+                    self.script.stage = Stage::Settle(5);
+                }
+            }
+            Stage::Settle(0) => {
+                if let Some(n) = self.script.bench {
+                    self.bench = Default::default();
+                    self.script.stage = Stage::Bench(n);
+                } else if self.script.screenshot.is_some() {
+                    self.request_shot(ctx);
+                    self.script.stage = Stage::Shot;
+                } else {
+                    self.script.stage = Stage::Done;
+                }
+            }
+            Stage::Settle(n) => self.script.stage = Stage::Settle(n - 1),
+            Stage::Bench(n) => {
+                self.bench.record(t0);
+                if self.bench.frames() >= n {
+                    let report = self.bench.report();
+                    println!("{report}");
+                    if let Ok(mut o) = self.script.outcome.lock() {
+                        o.bench = Some(report);
+                    }
+                    if self.script.screenshot.is_some() {
+                        self.request_shot(ctx);
+                        self.script.stage = Stage::Shot;
+                    } else {
+                        self.script.stage = Stage::Done;
+                    }
+                }
+            }
+            Stage::Shot => {
+                if let (Some(img), Some(path)) = (shot, self.script.screenshot.clone()) {
+                    let p = super::ui_export::shot_picture(&img);
+                    match ditlens_core::export::write_rgb_png(&path, &p.rgb, p.width, p.height) {
+                        Ok(()) => {
+                            if let Ok(mut o) = self.script.outcome.lock() {
+                                o.screenshot = Some(path);
+                            }
+                        }
+                        Err(e) => self.script.set_error(format!("saving the screenshot: {e}")),
+                    }
+                    self.script.stage = Stage::Done;
+                }
+            }
+        }
+        if self.script.unattended() {
+            match self.script.stage {
+                Stage::Done => ctx.send_viewport_cmd(egui::ViewportCommand::Close),
+                // The worker wakes the window while jobs run.
+                Stage::Model | Stage::Jobs => {}
+                _ => ctx.request_repaint(),
+            }
+        }
+    }
+}
