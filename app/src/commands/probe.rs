@@ -33,6 +33,18 @@ pub(super) fn parse_list(s: &str, n: usize, what: &str) -> anyhow::Result<Vec<us
     Ok(out)
 }
 
+/// Probe a read image (RGB, width, height), or generate when there is none.
+fn probe_source(image: &Option<(Vec<u8>, usize, usize)>) -> ProbeSource<'_> {
+    match image {
+        Some((rgb, w, h)) => ProbeSource::Image {
+            rgb,
+            width: *w,
+            height: *h,
+        },
+        None => ProbeSource::Generate,
+    }
+}
+
 /// Says on stderr how the attention maps were kept, loudly when the budget forced head means.
 fn report_memory(cap: &ProbeCapture) {
     let m = &cap.summary.memory;
@@ -59,14 +71,7 @@ pub fn run(a: ProbeArgs) -> anyhow::Result<()> {
         ..Default::default()
     };
     let image = a.image.as_deref().map(read_rgb).transpose()?;
-    let source = match &image {
-        Some((rgb, w, h)) => ProbeSource::Image {
-            rgb,
-            width: *w,
-            height: *h,
-        },
-        None => ProbeSource::Generate,
-    };
+    let source = probe_source(&image);
     let total = if image.is_some() {
         opts.keep.as_ref().map_or(a.steps, Vec::len)
     } else {
@@ -161,14 +166,7 @@ pub(super) fn open_source(a: &SourceArgs, needs: &Needs) -> anyhow::Result<(Prob
         ..Default::default()
     };
     let image = a.image.as_deref().map(read_rgb).transpose()?;
-    let source = match &image {
-        Some((rgb, w, h)) => ProbeSource::Image {
-            rgb,
-            width: *w,
-            height: *h,
-        },
-        None => ProbeSource::Generate,
-    };
+    let source = probe_source(&image);
     let t0 = Instant::now();
     let cap = model.probe(prompt, source, &opts, |_, _| true)?;
     report_memory(&cap);
