@@ -391,6 +391,13 @@ pub struct GuiArgs {
     /// Wait for the job, save a screenshot of the window here and exit (non-zero if the job failed).
     #[arg(long, value_name = "OUT.png")]
     pub screenshot: Option<PathBuf>,
+    /// After the job (and --perturb), write everything the window shows into this folder
+    /// (image, masks, figures as PNG + SVG, CSVs, captured tensors, a screenshot) and exit.
+    #[arg(long, value_name = "DIR")]
+    pub export_all: Option<PathBuf>,
+    /// After the job, run the perturbation with the I2T blur at these layers (comma separated).
+    #[arg(long, value_name = "LAYERS", value_delimiter = ',')]
+    pub perturb: Option<Vec<usize>>,
     /// Measure N frames after the job and print mean and p95 frame time, then exit.
     #[arg(long, value_name = "N")]
     pub bench_ui: Option<usize>,

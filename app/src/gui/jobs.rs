@@ -347,7 +347,7 @@ pub fn perturb(
     Ok(())
 }
 
-fn figure(plot: &impl Plot, path: &Path) -> anyhow::Result<()> {
+pub(super) fn figure(plot: &impl Plot, path: &Path) -> anyhow::Result<()> {
     let svg = path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("svg"));
@@ -445,6 +445,15 @@ pub fn export(link: &Link, job: JobId, e: ExportJob) -> anyhow::Result<()> {
         ExportJob::Screenshot { path, picture: p } => {
             write_rgb_png(&path, &p.rgb, p.width, p.height)?;
             format!("screenshot written to {}", path.display())
+        }
+        ExportJob::All(b) => {
+            let files = super::export_all::write_bundle(&b)?;
+            format!(
+                "{} files written to {}: {}",
+                files.len(),
+                b.dir.display(),
+                files.join(", ")
+            )
         }
     };
     link.emit(Event::Exported(job, message));

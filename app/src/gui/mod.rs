@@ -4,6 +4,7 @@
 pub mod app;
 pub mod bench;
 pub mod colormap;
+pub mod export_all;
 pub mod jobs;
 pub mod map_shader;
 pub mod plots;
@@ -78,6 +79,8 @@ pub fn plan(a: &GuiArgs) -> anyhow::Result<(Option<ModelSource>, Script)> {
         token: a.token.clone(),
         view: a.view.map(Into::into),
         screenshot: a.screenshot.clone(),
+        export_all: a.export_all.clone(),
+        perturb: a.perturb.clone(),
         bench: a.bench_ui,
         bench_sd3_grid: a.bench_sd3_grid,
         ..Default::default()
@@ -122,6 +125,11 @@ pub fn run(a: &GuiArgs) -> anyhow::Result<()> {
     let o = outcome.lock().map(|o| o.clone()).unwrap_or_default();
     if let Some(e) = o.error {
         bail!("{e}");
+    }
+    if let Some(d) = &o.exported {
+        println!("exported to {}", d.display());
+    } else if a.export_all.is_some() {
+        bail!("the window closed before the export was written");
     }
     if let Some(p) = o.screenshot {
         println!("screenshot written to {}", p.display());

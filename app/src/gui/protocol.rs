@@ -125,6 +125,8 @@ pub enum ExportJob {
     },
     /// A screenshot of the window.
     Screenshot { path: PathBuf, picture: Picture },
+    /// Everything the window shows, into one folder.
+    All(Box<super::export_all::ExportBundle>),
 }
 
 /// Commands the window sends to the worker.

@@ -31,6 +31,7 @@ pub struct Outcome {
     pub error: Option<String>,
     pub bench: Option<String>,
     pub screenshot: Option<PathBuf>,
+    pub exported: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -38,6 +39,7 @@ pub(super) enum Stage {
     Model,
     Jobs,
     Settle(u32),
+    Export,
     Bench(usize),
     Shot,
     Done,
@@ -51,6 +53,10 @@ pub struct Script {
     pub token: Option<String>,
     pub view: Option<CentreView>,
     pub screenshot: Option<PathBuf>,
+    /// Write everything into this folder once the jobs are done.
+    pub export_all: Option<PathBuf>,
+    /// Run the perturbation at these layers after the first job.
+    pub perturb: Option<Vec<usize>>,
     pub bench: Option<usize>,
     /// Fill the layer × head grid with SD3-medium-size data (24 × 24, 64 × 64 maps).
     pub bench_sd3_grid: bool,
@@ -66,6 +72,8 @@ impl Default for Script {
             token: None,
             view: None,
             screenshot: None,
+            export_all: None,
+            perturb: None,
             bench: None,
             bench_sd3_grid: false,
             outcome: Arc::default(),
@@ -77,7 +85,7 @@ impl Default for Script {
 impl Script {
     /// Whether the window closes by itself (screenshot or benchmark).
     pub fn unattended(&self) -> bool {
-        self.screenshot.is_some() || self.bench.is_some()
+        self.screenshot.is_some() || self.bench.is_some() || self.export_all.is_some()
     }
 
     /// Puts the command line's prompt, seed, classes and view into the settings.
@@ -155,7 +163,8 @@ impl ExplorerApp {
 
     pub(super) fn script_finished(&mut self, _job: JobId, error: Option<String>) {
         if let Some(e) = error {
-            if self.script.unattended() && self.script.stage == Stage::Jobs {
+            if self.script.unattended() && matches!(self.script.stage, Stage::Jobs | Stage::Export)
+            {
                 self.script.set_error(e);
                 self.script.stage = Stage::Done;
             }
@@ -163,7 +172,12 @@ impl ExplorerApp {
     }
 
     pub(super) fn script_failed(&mut self, error: String) {
-        if self.script.unattended() && matches!(self.script.stage, Stage::Model | Stage::Jobs) {
+        if self.script.unattended()
+            && matches!(
+                self.script.stage,
+                Stage::Model | Stage::Jobs | Stage::Export
+            )
+        {
             self.script.set_error(error);
             self.script.stage = Stage::Done;
         }
@@ -197,9 +211,42 @@ impl ExplorerApp {
                 }
             }
         }
+        if let Some(v) = self.script.view {
+            self.settings.centre = v;
+        }
         if self.script.bench_sd3_grid {
             self.settings.show_grid = true;
             self.views.grid = Some(Arc::new(sd3_grid()));
+        }
+    }
+
+    /// Starts the scripted perturbation (layers checked against the model).
+    fn script_perturb(&mut self, layers: Vec<usize>) {
+        let (n, _) = self.session.dims();
+        if let Some(bad) = layers.iter().find(|&&l| l >= n) {
+            let e = format!(
+                "--perturb {bad}: the model has layers 0..{}",
+                n.saturating_sub(1)
+            );
+            self.toasts.error(e.clone());
+            self.script.set_error(e);
+            self.script.stage = Stage::Done;
+            return;
+        }
+        self.settings.perturb_layers = layers.into_iter().collect();
+        self.perturb();
+    }
+
+    /// Benchmark, screenshot or close, once the window has settled (and exported).
+    fn script_after_settle(&mut self, ctx: &egui::Context) {
+        if let Some(n) = self.script.bench {
+            self.bench = Default::default();
+            self.script.stage = Stage::Bench(n);
+        } else if self.script.screenshot.is_some() {
+            self.request_shot(ctx);
+            self.script.stage = Stage::Shot;
+        } else {
+            self.script.stage = Stage::Done;
         }
     }
 
@@ -210,19 +257,28 @@ impl ExplorerApp {
             Stage::Model | Stage::Done => {}
             Stage::Jobs => {
                 if self.running.is_empty() {
-                    self.script_select();
-                    self.script.stage = Stage::Settle(5);
+                    if let Some(layers) = self.script.perturb.take() {
+                        self.script_perturb(layers);
+                    } else {
+                        self.script_select();
+                        self.script.stage = Stage::Settle(5);
+                    }
                 }
             }
             Stage::Settle(0) => {
-                if let Some(n) = self.script.bench {
-                    self.bench = Default::default();
-                    self.script.stage = Stage::Bench(n);
-                } else if self.script.screenshot.is_some() {
-                    self.request_shot(ctx);
-                    self.script.stage = Stage::Shot;
+                if let Some(dir) = self.script.export_all.clone() {
+                    self.export_all_into(dir, ctx);
+                    self.script.stage = Stage::Export;
                 } else {
-                    self.script.stage = Stage::Done;
+                    self.script_after_settle(ctx);
+                }
+            }
+            Stage::Export => {
+                if self.running.is_empty() && self.pending_shot.is_none() {
+                    if let Ok(mut o) = self.script.outcome.lock() {
+                        o.exported = self.script.export_all.clone();
+                    }
+                    self.script_after_settle(ctx);
                 }
             }
             Stage::Settle(n) => self.script.stage = Stage::Settle(n - 1),

@@ -2,6 +2,7 @@
 //! last model, job parameters and thresholds. Runtime handles live elsewhere.
 
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 
 use ditlens_core::probe::Feature;
 use serde::{Deserialize, Serialize};
@@ -81,6 +82,15 @@ pub struct Settings {
     pub scene_seed: u64,
     pub perturb_layers: BTreeSet<usize>,
     pub pca_feature: Feature,
+    /// Where "Export all" writes (a fresh `export-NNN` folder inside it each time).
+    pub export_dir: PathBuf,
+}
+
+/// `~/ditlens-exports`, or `ditlens-exports` in the working folder without a home.
+pub fn default_export_dir() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(|h| PathBuf::from(h).join("ditlens-exports"))
+        .unwrap_or_else(|| PathBuf::from("ditlens-exports"))
 }
 
 impl Default for Settings {
@@ -107,6 +117,7 @@ impl Default for Settings {
             scene_seed: 1,
             perturb_layers: BTreeSet::from([3]),
             pca_feature: Feature::K,
+            export_dir: default_export_dir(),
         }
     }
 }

@@ -241,22 +241,27 @@ impl ExplorerApp {
             .on_hover_text("the prompt with and without the blur, same seed")
             .clicked()
         {
-            let s = &self.settings;
-            let job = PerturbJob {
-                generate: GenerateJob {
-                    prompt: s.prompt.clone(),
-                    seed: s.seed,
-                    steps: s.steps,
-                    guidance: s.guidance,
-                },
-                layers: self.settings.perturb_layers.iter().copied().collect(),
-                sigma: s.blur_sigma,
-                kernel: s.blur_kernel,
-                scale: s.perturb_guided.then_some(s.perturb_scale),
-            };
-            self.settings.centre = super::settings::CentreView::Perturb;
-            self.start("perturbing", true, |id| Command::Perturb(id, job));
+            self.perturb();
         }
+    }
+
+    /// Regenerates the prompt with and without the I2T blur at the ticked layers (same seed).
+    pub fn perturb(&mut self) {
+        let s = &self.settings;
+        let job = PerturbJob {
+            generate: GenerateJob {
+                prompt: s.prompt.clone(),
+                seed: s.seed,
+                steps: s.steps,
+                guidance: s.guidance,
+            },
+            layers: s.perturb_layers.iter().copied().collect(),
+            sigma: s.blur_sigma,
+            kernel: s.blur_kernel,
+            scale: s.perturb_guided.then_some(s.perturb_scale),
+        };
+        self.settings.centre = super::settings::CentreView::Perturb;
+        self.start("perturbing", true, |id| Command::Perturb(id, job));
     }
 
     fn display_controls(&mut self, ui: &mut egui::Ui) {

@@ -1,9 +1,11 @@
-//! The export section: native save dialogs, then the worker writes the files and says where.
+//! The export section: "Export all" into a folder, or one item through a native save dialog;
+//! the worker writes the files and says where.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use super::app::ExplorerApp;
+use super::export_all::{fresh_dir, CaptureView, ExportBundle};
 use super::protocol::{Command, ExportJob, Picture};
 
 /// Screenshots requested from the renderer, delivered by its callback.
@@ -33,6 +35,38 @@ fn save_dialog(title: &str, name: &str, exts: &[&str]) -> Option<PathBuf> {
 
 impl ExplorerApp {
     pub(super) fn export_controls(&mut self, ui: &mut egui::Ui) {
+        ui.horizontal(|ui| {
+            ui.label("folder");
+            let mut text = self.settings.export_dir.display().to_string();
+            if ui
+                .add(egui::TextEdit::singleline(&mut text).desired_width(170.0))
+                .changed()
+            {
+                self.settings.export_dir = PathBuf::from(text);
+            }
+            if ui.button("…").on_hover_text("choose the folder").clicked() {
+                if let Some(d) = rfd::FileDialog::new()
+                    .set_title("Export into this folder")
+                    .pick_folder()
+                {
+                    self.settings.export_dir = d;
+                }
+            }
+        });
+        let idle = self.busy().is_none();
+        if ui
+            .add_enabled(idle, egui::Button::new("Export all"))
+            .on_hover_text(
+                "image, masks, perturbation pair, figures (PNG + SVG), CSVs, captured tensors and \
+                 a screenshot, into a new export-NNN folder inside the folder above",
+            )
+            .clicked()
+        {
+            let dir = fresh_dir(&self.settings.export_dir);
+            let ctx = self.ctx_handle.clone();
+            self.export_all_into(dir, &ctx);
+        }
+        ui.separator();
         let cap = self.session.capture.clone();
         let step = self.session.step_index();
         let has_masks = self.session.segmentation.is_some();
@@ -127,6 +161,53 @@ impl ExplorerApp {
             classes: seg.classes.clone(),
         };
         self.start("exporting", false, |id| Command::Export(id, Box::new(job)));
+    }
+
+    /// What "Export all" writes now, into `dir`.
+    pub fn export_bundle(&self, dir: PathBuf) -> ExportBundle {
+        let s = &self.session;
+        let picture = s.analysed.as_ref().map(|a| a.picture.clone());
+        let picture = picture.or_else(|| s.picture.clone());
+        let view = match (&s.capture, s.step_index()) {
+            (Some(capture), Some(step)) => Some(CaptureView {
+                capture: capture.clone(),
+                step,
+                layer: s.selection.layer,
+                token: s.selected_positions().first().copied(),
+                t2i: self.settings.t2i,
+            }),
+            _ => None,
+        };
+        ExportBundle {
+            dir,
+            masks: match (&s.segmentation, &s.analysed) {
+                (Some(seg), Some(a)) => {
+                    Some((a.picture.clone(), seg.labels.clone(), seg.classes.clone()))
+                }
+                _ => None,
+            },
+            proposals: match (&s.proposals, &s.analysed) {
+                (Some(p), Some(a)) => Some((a.picture.clone(), p.labels.clone())),
+                _ => None,
+            },
+            perturbed: s.perturbed.clone(),
+            view,
+            layer_scores: s.layer_scores.clone(),
+            picture,
+        }
+    }
+
+    /// Writes everything into `dir` (on the worker) and a screenshot of the next frame beside it.
+    pub fn export_all_into(&mut self, dir: PathBuf, ctx: &egui::Context) {
+        let bundle = self.export_bundle(dir.clone());
+        let has_data = bundle.has_data();
+        let job = ExportJob::All(Box::new(bundle));
+        // An empty bundle still goes to the worker, which says why nothing was written.
+        self.start("exporting", false, |id| Command::Export(id, Box::new(job)));
+        if has_data {
+            self.pending_shot = Some(dir.join("screenshot.png"));
+            self.request_shot(ctx);
+        }
     }
 
     /// Asks for a path, then for a screenshot of the next frame.
