@@ -74,6 +74,7 @@ pub fn plan(a: &GuiArgs) -> anyhow::Result<(Option<ModelSource>, Script)> {
         _ => None,
     };
     let script = Script {
+        welcome: start.is_none(),
         start,
         layer: a.layer,
         token: a.token.clone(),

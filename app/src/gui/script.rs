@@ -57,6 +57,9 @@ pub struct Script {
     pub export_all: Option<PathBuf>,
     /// Run the perturbation at these layers after the first job.
     pub perturb: Option<Vec<usize>>,
+    /// With no job named, generate the prompt in the settings as soon as the model is loaded,
+    /// so the window shows something real at once (`ditlens` with no arguments).
+    pub welcome: bool,
     pub bench: Option<usize>,
     /// Fill the layer × head grid with SD3-medium-size data (24 × 24, 64 × 64 maps).
     pub bench_sd3_grid: bool,
@@ -74,6 +77,7 @@ impl Default for Script {
             screenshot: None,
             export_all: None,
             perturb: None,
+            welcome: false,
             bench: None,
             bench_sd3_grid: false,
             outcome: Arc::default(),
@@ -156,6 +160,7 @@ impl ExplorerApp {
                 });
             }
             Some(Start::SampleScene) => self.sample_scene(),
+            None if self.script.welcome => self.generate(),
             None => {}
         }
         self.script.stage = Stage::Jobs;

@@ -38,6 +38,16 @@ fn the_window_takes_its_options_with_or_without_the_subcommand() {
     assert!(model.is_none());
     assert_eq!(script.layer, Some(3));
     assert!(!script.unattended());
+    assert!(!script.welcome, "the named job runs instead");
+    let (_, bare) = plan(&gui_args(&[])).expect("plan");
+    assert!(
+        bare.welcome,
+        "with no arguments the window generates at once"
+    );
+    let a = gui_args(&["--sample-scene", "--perturb", "3,4", "--export-all", "out"]);
+    let (_, script) = plan(&a).expect("plan");
+    assert!(!script.welcome && script.unattended());
+    assert_eq!(script.perturb, Some(vec![3, 4]));
     let a = gui_args(&[
         "gui",
         "--image",
