@@ -56,6 +56,34 @@ pub enum Command {
     TokenGrid(TokenGridArgs),
     /// Generate with each block's I2T perturbed in turn and score how the named objects survive.
     PerturbSweep(PerturbSweepArgs),
+    /// Encode a prompt with an SD3 model's CLIP-L, CLIP-G and T5 exactly as diffusers does.
+    EncodePrompt(EncodePromptArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EncodePromptArgs {
+    /// SD3 model: a diffusers pipeline folder, or a single bundled .safetensors file with
+    /// `tokenizer{,_2,_3}/` folders beside it.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// The prompt.
+    #[arg(long)]
+    pub prompt: String,
+    /// T5 tokens, 1 to 512 (77 as Stability's reference; diffusers defaults to 256).
+    #[arg(long, default_value_t = 77)]
+    pub max_sequence_length: usize,
+    /// Leave T5 out: its positions become zeros.
+    #[arg(long)]
+    pub no_t5: bool,
+    /// Output safetensors with `prompt_embeds` and `pooled_prompt_embeds` (f32).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Token list (JSON); default: next to --out with the `.json` extension.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Dtype the encoders run in (outputs are always f32).
+    #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
+    pub dtype: DtypeArg,
 }
 
 /// Model dtype.

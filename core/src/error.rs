@@ -37,6 +37,16 @@ pub enum Error {
     /// The caller passed inputs the model cannot take (names, dtypes, sizes).
     #[error("bad input: {0}")]
     Input(String),
+    /// A part of a pipeline (text encoder, tokenizer, VAE, transformer) is absent.
+    #[error("{part} not found: {looked}. {hint}")]
+    MissingPart {
+        part: String,
+        looked: String,
+        hint: String,
+    },
+    /// A tokenizer's files are missing, unreadable or inconsistent.
+    #[error("tokenizer {path}: {reason}")]
+    Tokenizer { path: PathBuf, reason: String },
     /// Anything raised by the tensor library.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

@@ -13,6 +13,7 @@ pub mod mmdit;
 pub mod perturb;
 pub mod probe;
 pub mod schedule;
+pub mod sd3;
 pub mod shapes;
 
 pub use error::{Error, Result};

@@ -7,6 +7,7 @@ mod forward;
 mod perturb;
 mod probe;
 mod samples;
+mod sd3;
 mod train;
 
 use crate::cli::{Cli, Command};
@@ -31,6 +32,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::HeadGrid(a)) => analyses::head_grid(a),
         Some(Command::TokenGrid(a)) => analyses::token_grid(a),
         Some(Command::PerturbSweep(a)) => perturb::sweep(a),
+        Some(Command::EncodePrompt(a)) => sd3::encode_prompt(a),
         Some(Command::Gui(a)) => crate::gui::run(&a),
         None => crate::gui::run(&cli.window),
     }
