@@ -262,7 +262,8 @@ pub struct SamplesArgs {
 /// Which embedded-family model to use.
 #[derive(Debug, Args)]
 pub struct ModelArgs {
-    /// A model folder written by `ditlens train` (default: the embedded model).
+    /// A model folder written by `ditlens train` (default: the embedded model); `generate` also
+    /// takes an SD3 pipeline folder (`model_index.json`) or an SD3 single `.safetensors` file.
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Which embedded model: aligned (default) or plain.
@@ -274,10 +275,31 @@ pub struct ModelArgs {
 pub struct GenerateArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    #[arg(long)]
-    pub prompt: String,
+    #[arg(long, required_unless_present = "prompt_embeds")]
+    pub prompt: Option<String>,
+    /// SD3: negative prompt (encoded like the prompt; diffusers' default is "").
+    #[arg(long, default_value = "")]
+    pub negative_prompt: String,
+    /// SD3: prompt embeddings instead of --prompt: `prompt_embeds` [1,L,D] and
+    /// `pooled_prompt_embeds` [1,P] (as `encode-prompt` writes), optionally with
+    /// `negative_prompt_embeds` / `negative_pooled_prompt_embeds`.
+    #[arg(long, value_name = "EMB.safetensors", conflicts_with = "prompt")]
+    pub prompt_embeds: Option<PathBuf>,
+    /// SD3: the negative prompt's embeddings (`prompt_embeds`, `pooled_prompt_embeds`).
+    #[arg(long, value_name = "EMB.safetensors", requires = "prompt_embeds")]
+    pub negative_embeds: Option<PathBuf>,
+    /// Seed of the initial noise.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// SD3: initial noise (tensor `noise`, [1, C, h, w]) instead of --seed.
+    #[arg(long, value_name = "NOISE.safetensors", conflicts_with = "seed")]
+    pub init_noise: Option<PathBuf>,
+    /// SD3: write the final latents (tensor `latents`, before the VAE decode).
+    #[arg(long, value_name = "OUT.safetensors")]
+    pub save_latents: Option<PathBuf>,
+    /// SD3: weight dtype (activations follow; f32 on CPU for bf16).
+    #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
+    pub dtype: DtypeArg,
     #[arg(long, default_value_t = 28)]
     pub steps: usize,
     /// Classifier-free guidance scale.

@@ -1,7 +1,7 @@
 //! Opening the model a command works on: a folder given with `--model`, else a model embedded
 //! in the binary (the aligned one by default).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use candle_core::Device;
@@ -45,11 +45,46 @@ pub fn default_name() -> &'static str {
     }
 }
 
+/// What a `--model PATH` is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelPath {
+    /// A folder written by `ditlens train` / `export-model` (`model.json`).
+    Embedded(PathBuf),
+    /// A diffusers SD3 pipeline folder (`model_index.json`) or a single `.safetensors` file.
+    Sd3(PathBuf),
+}
+
+/// Tells an embedded-model folder from an SD3 pipeline folder or single file.
+pub fn classify(path: &Path) -> anyhow::Result<ModelPath> {
+    let what = "expected an embedded-model folder (model.json), an SD3 pipeline folder (model_index.json) or an SD3 single .safetensors file";
+    if path.is_dir() {
+        if path.join("model.json").is_file() {
+            return Ok(ModelPath::Embedded(path.to_path_buf()));
+        }
+        if path.join("model_index.json").is_file() {
+            return Ok(ModelPath::Sd3(path.to_path_buf()));
+        }
+        bail!("{} is not a model folder: {what}", path.display());
+    }
+    if path.is_file() {
+        if path.extension().is_some_and(|e| e == "safetensors") {
+            return Ok(ModelPath::Sd3(path.to_path_buf()));
+        }
+        bail!("{} is not a model: {what}", path.display());
+    }
+    bail!("{} does not exist ({what})", path.display())
+}
+
 /// Opens `--model DIR` or the embedded model `name` (default `aligned`).
 pub fn open_embedded(model: Option<&Path>, name: Option<&str>) -> anyhow::Result<EmbeddedModel> {
     let dev = Device::Cpu;
     if let Some(dir) = model {
-        anyhow::ensure!(dir.is_dir(), "{} is not a model folder (expected model.json, transformer/, text_encoder.safetensors)", dir.display());
+        if let ModelPath::Sd3(p) = classify(dir)? {
+            bail!(
+                "{} is an SD3 pipeline; so far only `ditlens generate` runs SD3 pipelines",
+                p.display()
+            );
+        }
         return EmbeddedModel::load_dir(dir, &dev)
             .with_context(|| format!("loading {}", dir.display()));
     }

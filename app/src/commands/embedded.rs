@@ -39,7 +39,8 @@ pub fn generate(a: GenerateArgs) -> anyhow::Result<()> {
     };
     let pb = bar(a.steps, "generate");
     let t0 = Instant::now();
-    let g = model.generate(&a.prompt, &opts, |i, _, _| {
+    let prompt = a.prompt.as_deref().unwrap_or_default();
+    let g = model.generate(prompt, &opts, |i, _, _| {
         pb.set_position(i as u64);
         true
     })?;

@@ -8,6 +8,7 @@ mod perturb;
 mod probe;
 mod samples;
 mod sd3;
+mod sd3_generate;
 mod train;
 
 use crate::cli::{Cli, Command};
@@ -21,7 +22,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::ExportModel(a)) => train::export(a),
         Some(Command::TrainJudge(a)) => samples::train_judge(a),
         Some(Command::Samples(a)) => samples::run(a),
-        Some(Command::Generate(a)) => embedded::generate(a),
+        Some(Command::Generate(a)) => sd3_generate::generate(a),
         Some(Command::Segment(a)) => embedded::segment(a),
         Some(Command::Eval(a)) => embedded::eval(a),
         Some(Command::MakeDataset(a)) => embedded::make_dataset(a),

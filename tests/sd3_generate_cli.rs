@@ -1,0 +1,219 @@
+//! End-to-end test of `ditlens generate` on the tiny SD3 pipeline fixture
+//! (`tests/fixtures/sd3_pipeline/`, made by `tests/fixtures/make_sd3_pipeline.py`): given noise,
+//! 2 CFG steps, final latents saved and compared with diffusers; and how `--model` is told apart.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use candle_core::{Device, Tensor};
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/sd3_pipeline")
+}
+
+fn ditlens(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ditlens"))
+        .args(args)
+        .output()
+        .expect("run ditlens")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn err(args: &[&str], needle: &str) {
+    let o = ditlens(args);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{args:?} should fail");
+    assert!(!e.contains("panicked"), "{e}");
+    assert!(e.contains(needle), "`{needle}` not in {e}");
+}
+
+fn tensor(path: &Path, name: &str) -> Tensor {
+    let mut m = candle_core::safetensors::load(path, &Device::Cpu).unwrap();
+    m.remove(name).unwrap()
+}
+
+/// `--prompt-embeds` input: the embeddings diffusers used for `generate.safetensors` (cases
+/// `folder` = the run's prompt and `folder_empty` = "" of `embeds.safetensors`).
+fn embeddings_file(dir: &Path) -> PathBuf {
+    let exp = fixture().join("expected");
+    let json = |f: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(exp.join(f)).unwrap()).unwrap()
+    };
+    let (run, cases) = (json("generate.json"), json("embeds.json"));
+    assert_eq!(cases["folder"]["prompt"], run["prompt"]);
+    assert_eq!(cases["folder_empty"]["prompt"], run["negative_prompt"]);
+    let e = candle_core::safetensors::load(exp.join("embeds.safetensors"), &Device::Cpu).unwrap();
+    let out = dir.join("emb.safetensors");
+    let pick = [
+        ("prompt_embeds", "folder.prompt_embeds"),
+        ("pooled_prompt_embeds", "folder.pooled_prompt_embeds"),
+        ("negative_prompt_embeds", "folder_empty.prompt_embeds"),
+        (
+            "negative_pooled_prompt_embeds",
+            "folder_empty.pooled_prompt_embeds",
+        ),
+    ];
+    let m: std::collections::HashMap<String, Tensor> = pick
+        .iter()
+        .map(|(k, v)| (k.to_string(), e[*v].clone()))
+        .collect();
+    candle_core::safetensors::save(&m, &out).unwrap();
+    out
+}
+
+/// The bundled single file with the tiny VAE's and transformer's diffusers configs beside it.
+fn single_file_with_configs(dir: &Path) -> PathBuf {
+    let file = dir.join("model.safetensors");
+    std::fs::copy(fixture().join("single/model.safetensors"), &file).unwrap();
+    for part in ["vae", "transformer"] {
+        std::fs::create_dir_all(dir.join(part)).unwrap();
+        std::fs::copy(
+            fixture().join(format!("pipeline/{part}/config.json")),
+            dir.join(format!("{part}/config.json")),
+        )
+        .unwrap();
+    }
+    file
+}
+
+fn generate_matches(model: &Path, tmp: &Path) {
+    let expected = fixture().join("expected/generate.safetensors");
+    let emb = embeddings_file(tmp);
+    let tmp = tempfile::tempdir_in(tmp).unwrap();
+    let lat = tmp.path().join("latents.safetensors");
+    let png = tmp.path().join("out.png");
+    let args = [
+        "generate",
+        "--model",
+        s(model),
+        "--prompt-embeds",
+        s(&emb),
+        "--steps",
+        "2",
+        "--guidance",
+        "4",
+        "--init-noise",
+        s(&expected),
+        "--save-latents",
+        s(&lat),
+        "--out",
+        s(&png),
+    ];
+    let o = ditlens(&args);
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let got = tensor(&lat, "latents");
+    let want = tensor(&expected, "latents");
+    let d = (got - want)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(d <= 1e-4, "latents differ from diffusers by {d:e}");
+    let img = image::open(&png).unwrap();
+    assert_eq!((img.width(), img.height()), (64, 64));
+}
+
+#[test]
+fn generate_from_given_noise_matches_diffusers() {
+    let tmp = tempfile::tempdir().unwrap();
+    generate_matches(&fixture().join("pipeline"), tmp.path());
+    let single = tmp.path().join("single");
+    std::fs::create_dir_all(&single).unwrap();
+    generate_matches(&single_file_with_configs(&single), tmp.path());
+}
+
+#[test]
+fn model_paths_are_told_apart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("o.png");
+    // A folder that is neither kind.
+    err(
+        &[
+            "generate",
+            "--model",
+            s(tmp.path()),
+            "--prompt",
+            "a",
+            "--out",
+            s(&out),
+        ],
+        "model_index.json",
+    );
+    // A file that is not safetensors.
+    let txt = tmp.path().join("weights.bin");
+    std::fs::write(&txt, b"x").unwrap();
+    err(
+        &[
+            "generate",
+            "--model",
+            s(&txt),
+            "--prompt",
+            "a",
+            "--out",
+            s(&out),
+        ],
+        "not a model",
+    );
+    // SD3-only flags on the embedded model.
+    let noise = fixture().join("expected/generate.safetensors");
+    err(
+        &[
+            "generate",
+            "--prompt",
+            "a red circle",
+            "--init-noise",
+            s(&noise),
+            "--out",
+            s(&out),
+        ],
+        "--init-noise is for SD3",
+    );
+    // An SD3 pipeline given to an embedded-only command.
+    err(
+        &[
+            "segment",
+            "--model",
+            s(&fixture().join("pipeline")),
+            "--image",
+            s(&out),
+            "--classes",
+            "a",
+            "--out",
+            s(&out),
+        ],
+        "SD3 pipeline",
+    );
+    // Noise file without a `noise` tensor names the file and the tensor.
+    let lat = tmp.path().join("l.safetensors");
+    let p = fixture().join("pipeline");
+    err(
+        &[
+            "generate",
+            "--model",
+            s(&p),
+            "--prompt-embeds",
+            s(&embeddings_file(tmp.path())),
+            "--init-noise",
+            s(&fixture().join("expected/vae.safetensors")),
+            "--steps",
+            "1",
+            "--save-latents",
+            s(&lat),
+            "--out",
+            s(&out),
+        ],
+        "has no tensor `noise`",
+    );
+}
