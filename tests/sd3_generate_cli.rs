@@ -79,9 +79,21 @@ fn single_file_with_configs(dir: &Path) -> PathBuf {
     file
 }
 
-fn generate_matches(model: &Path, tmp: &Path) {
+/// Runs the fixture's 2-step generation from its noise and compares the saved latents; the
+/// conditioning is the prompt's text (through the text encoders) or diffusers' embeddings.
+fn generate_matches(model: &Path, tmp: &Path, from_text: bool) {
     let expected = fixture().join("expected/generate.safetensors");
     let emb = embeddings_file(tmp);
+    let run: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture().join("expected/generate.json")).unwrap(),
+    )
+    .unwrap();
+    let prompt = run["prompt"].as_str().unwrap().to_string();
+    let (cond_flag, cond) = if from_text {
+        ("--prompt", prompt.as_str())
+    } else {
+        ("--prompt-embeds", s(&emb))
+    };
     let tmp = tempfile::tempdir_in(tmp).unwrap();
     let lat = tmp.path().join("latents.safetensors");
     let png = tmp.path().join("out.png");
@@ -89,8 +101,8 @@ fn generate_matches(model: &Path, tmp: &Path) {
         "generate",
         "--model",
         s(model),
-        "--prompt-embeds",
-        s(&emb),
+        cond_flag,
+        cond,
         "--steps",
         "2",
         "--guidance",
@@ -128,10 +140,18 @@ fn generate_matches(model: &Path, tmp: &Path) {
 #[test]
 fn generate_from_given_noise_matches_diffusers() {
     let tmp = tempfile::tempdir().unwrap();
-    generate_matches(&fixture().join("pipeline"), tmp.path());
+    generate_matches(&fixture().join("pipeline"), tmp.path(), false);
     let single = tmp.path().join("single");
     std::fs::create_dir_all(&single).unwrap();
-    generate_matches(&single_file_with_configs(&single), tmp.path());
+    generate_matches(&single_file_with_configs(&single), tmp.path(), false);
+}
+
+#[test]
+fn generate_from_the_prompt_text_matches_diffusers() {
+    // Tokenizers, CLIP-L/G and T5 encode the prompt and the empty negative prompt, then the
+    // same 2 steps: the whole pipeline against diffusers' latents.
+    let tmp = tempfile::tempdir().unwrap();
+    generate_matches(&fixture().join("pipeline"), tmp.path(), true);
 }
 
 #[test]
