@@ -10,6 +10,7 @@ pub mod figure;
 pub mod io;
 pub mod metrics;
 pub mod mmdit;
+pub mod named_backend;
 pub mod perturb;
 pub mod probe;
 pub mod schedule;

@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Shape, Tensor};
-use candle_nn::var_builder::SimpleBackend;
 
 use super::config::MmditConfig;
 use crate::error::{Error, Result};
@@ -533,33 +532,24 @@ fn original_key(name: &str, num_layers: usize) -> (String, Transform) {
     (format!("{key}.{leaf}"), tr)
 }
 
-/// A `VarBuilder` backend over a checkpoint, so layers load by their diffusers names via `vb.pp(..)`.
-pub struct CheckpointBackend(pub std::sync::Arc<Checkpoint>);
-
-impl SimpleBackend for CheckpointBackend {
-    fn get(
+impl crate::named_backend::NamedTensors for Checkpoint {
+    fn load_named(
         &self,
-        s: Shape,
         name: &str,
-        _: candle_nn::Init,
+        expected: Option<&Shape>,
         dtype: DType,
         dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        self.0
-            .load(name, Some(&s), dtype, dev)
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))
+    ) -> Result<Tensor> {
+        self.load(name, expected, dtype, dev)
     }
 
-    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        self.0
-            .load(name, None, dtype, dev)
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))
-    }
-
-    fn contains_tensor(&self, name: &str) -> bool {
-        self.0.contains(name)
+    fn has(&self, name: &str) -> bool {
+        self.contains(name)
     }
 }
+
+/// A `VarBuilder` backend over a checkpoint, so layers load by their diffusers names via `vb.pp(..)`.
+pub type CheckpointBackend = crate::named_backend::NamedBackend<Checkpoint>;
 
 /// Turns a loading error raised through the `VarBuilder` back into a one-line message.
 pub(crate) fn loading_error(e: candle_core::Error) -> Error {

@@ -10,7 +10,7 @@ use candle_nn::VarBuilder;
 
 use super::attention::AttnRun;
 use super::block::JointBlock;
-use super::checkpoint::{loading_error, Checkpoint, CheckpointBackend, Layout};
+use super::checkpoint::{loading_error, Checkpoint, Layout};
 use super::config::{MmditConfig, Variant};
 use super::embed::{PatchEmbed, TimeTextEmbed};
 use super::layers::{layer_norm, linear, modulate, AdaLn, Linear};
@@ -280,7 +280,11 @@ pub fn load_mmdit(
     let cfg = ck.config(over.as_ref())?;
     let layout = ck.layout().clone();
     let files = ck.files.clone();
-    let vb = VarBuilder::from_backend(Box::new(CheckpointBackend(ck)), dtype, device.clone());
+    let vb = VarBuilder::from_backend(
+        Box::new(crate::named_backend::NamedBackend(ck)),
+        dtype,
+        device.clone(),
+    );
     let model = Mmdit::new(vb, &cfg).map_err(loading_error)?;
     Ok(LoadedMmdit {
         variant: cfg.variant(),

@@ -15,7 +15,7 @@ use candle_transformers::models::stable_diffusion::unet_2d_blocks::{
 use serde::Deserialize;
 
 use super::parts::{ModelForm, Part, PipelineParts};
-use super::vae_weights::{VaeBackend, VaeWeights};
+use super::vae_weights::VaeWeights;
 use crate::error::{Error, Result};
 use crate::mmdit::checkpoint::loading_error;
 
@@ -371,7 +371,11 @@ impl Vae {
     fn build(w: VaeWeights, cfg: VaeConfig, dev: &Device, dtype: DType) -> Result<Self> {
         let dtype = if dev.is_cpu() { DType::F32 } else { dtype };
         let file = w.file.clone();
-        let vb = VarBuilder::from_backend(Box::new(VaeBackend(Arc::new(w))), dtype, dev.clone());
+        let vb = VarBuilder::from_backend(
+            Box::new(crate::named_backend::NamedBackend(Arc::new(w))),
+            dtype,
+            dev.clone(),
+        );
         let lc = cfg.latent_channels;
         let build = || -> candle_core::Result<Self> {
             Ok(Self {

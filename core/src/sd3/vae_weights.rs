@@ -10,7 +10,6 @@ use std::path::PathBuf;
 
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Shape, Tensor};
-use candle_nn::var_builder::SimpleBackend;
 
 use crate::error::{Error, Result};
 
@@ -206,31 +205,20 @@ pub(super) fn ldm_name(name: &str, num_blocks: usize) -> String {
     format!("{part}.{mapped}")
 }
 
-/// A `VarBuilder` backend over [`VaeWeights`], so candle's blocks load by diffusers names.
-pub(super) struct VaeBackend(pub std::sync::Arc<VaeWeights>);
-
-impl SimpleBackend for VaeBackend {
-    fn get(
+/// Lets candle's blocks load by diffusers names (`crate::named_backend::NamedBackend`).
+impl crate::named_backend::NamedTensors for VaeWeights {
+    fn load_named(
         &self,
-        s: Shape,
         name: &str,
-        _: candle_nn::Init,
+        expected: Option<&Shape>,
         dtype: DType,
         dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        self.0
-            .load(name, Some(&s), dtype, dev)
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))
+    ) -> Result<Tensor> {
+        self.load(name, expected, dtype, dev)
     }
 
-    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        self.0
-            .load(name, None, dtype, dev)
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))
-    }
-
-    fn contains_tensor(&self, name: &str) -> bool {
-        self.0.contains(name)
+    fn has(&self, name: &str) -> bool {
+        self.contains(name)
     }
 }
 
