@@ -114,6 +114,28 @@ fn id_of(tok: &Tokenizer, dir: &Path, token: &str, role: &str) -> Result<u32> {
     })
 }
 
+/// Truncates `full` (ending with EOS) to `len` keeping EOS last, then pads with `pad`, as
+/// diffusers' tokenizer calls do. Returns the ids, how many are content (not padding), and the
+/// dropped text as diffusers' warning decodes it (`untruncated_ids[:, len - 1 : -1]`).
+fn truncate_and_pad(
+    full: Vec<u32>,
+    len: usize,
+    eos: u32,
+    pad: u32,
+    decode: impl Fn(&[u32]) -> Result<String>,
+) -> Result<(Vec<u32>, usize, Option<String>)> {
+    let (mut ids, dropped) = if full.len() > len {
+        let mut ids = full[..len - 1].to_vec();
+        ids.push(eos);
+        (ids, Some(decode(&full[len - 1..full.len() - 1])?))
+    } else {
+        (full, None)
+    };
+    let content = ids.len();
+    ids.resize(len, pad);
+    Ok((ids, content, dropped))
+}
+
 fn token_strings(tok: &Tokenizer, ids: &[u32]) -> Vec<String> {
     ids.iter()
         .map(|&i| tok.id_to_token(i).unwrap_or_default())
@@ -249,25 +271,13 @@ impl ClipTokenizer {
     pub fn tokenize(&self, prompt: &str) -> Result<Tokenized> {
         let full = self.encode_full(prompt)?;
         let n = self.max_length;
-        let mut ids: Vec<u32>;
-        let mut dropped = None;
-        if full.len() > n {
-            ids = full[..n - 1].to_vec();
-            ids.push(self.eos_id);
-            // diffusers: tokenizer.batch_decode(untruncated_ids[:, max_length - 1 : -1])
-            dropped = Some(self.decode(&full[n - 1..full.len() - 1])?);
-        } else {
-            ids = full;
-        }
-        let content = ids.len();
-        ids.resize(n, self.pad_id);
-        let tokens = token_strings(&self.tok, &ids);
-        let is_padding: Vec<bool> = (0..n).map(|i| i >= content).collect();
+        let (ids, content, dropped) =
+            truncate_and_pad(full, n, self.eos_id, self.pad_id, |d| self.decode(d))?;
         let is_special = (0..n).map(|i| i == 0 || i + 1 >= content).collect();
         Ok(Tokenized {
+            tokens: token_strings(&self.tok, &ids),
+            is_padding: (0..n).map(|i| i >= content).collect(),
             ids,
-            tokens,
-            is_padding,
             is_special,
             dropped,
         })
@@ -351,24 +361,13 @@ impl T5Tokenizer {
             ));
         }
         let full = self.encode_full(prompt)?;
-        let mut ids: Vec<u32>;
-        let mut dropped = None;
-        if full.len() > len {
-            ids = full[..len - 1].to_vec();
-            ids.push(self.eos_id);
-            dropped = Some(self.decode(&full[len - 1..full.len() - 1])?);
-        } else {
-            ids = full;
-        }
-        let content = ids.len();
-        ids.resize(len, self.pad_id);
-        let tokens = token_strings(&self.tok, &ids);
-        let is_padding: Vec<bool> = (0..len).map(|i| i >= content).collect();
+        let (ids, content, dropped) =
+            truncate_and_pad(full, len, self.eos_id, self.pad_id, |d| self.decode(d))?;
         let is_special = (0..len).map(|i| i + 1 >= content).collect();
         Ok(Tokenized {
+            tokens: token_strings(&self.tok, &ids),
+            is_padding: (0..len).map(|i| i >= content).collect(),
             ids,
-            tokens,
-            is_padding,
             is_special,
             dropped,
         })
