@@ -296,3 +296,95 @@ fn open_section(h: &mut Harness<'static, ExplorerApp>, name: &str) {
     h.step();
     h.step();
 }
+
+#[test]
+fn sd3_pipeline_generates_and_analyses_in_the_window() {
+    // The tiny random SD3 pipeline fixture (CLIP-L, CLIP-G, T5, VAE, 2 joint blocks).
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/sd3_pipeline/pipeline");
+    let mut h = Harness::builder()
+        .with_size(egui::vec2(1280.0, 800.0))
+        .with_pixels_per_point(1.0)
+        .with_accessibility_check(false)
+        .wgpu()
+        .build_eframe(move |cc| {
+            ExplorerApp::new(cc, Script::default(), Some(ModelSource::Folder(dir)))
+        });
+    {
+        let s = &mut h.state_mut().settings;
+        s.prompt = "a red circle".into();
+        s.steps = 6;
+        s.seed = 3;
+        s.classes = "circle, square, background".into();
+    }
+    wait(&mut h, "the SD3 model", |a| a.session.model.is_some());
+    let info = h.state().session.model.clone().expect("model info");
+    assert!(
+        info.variant.contains("diffusers folder"),
+        "{}",
+        info.variant
+    );
+    assert_eq!((info.layers, info.heads, info.text_len), (2, 2, 154));
+    assert_eq!(info.image_size, 64);
+
+    h.get_by_label("Generate").click();
+    wait(&mut h, "the SD3 generation", |a| {
+        a.session.capture.is_some() && a.running.is_empty()
+    });
+    let cap = h.state().session.capture.clone().expect("captured");
+    assert_eq!(cap.summary.n_txt, 154);
+    assert_eq!(cap.summary.kept_steps.len(), 6);
+    let pic = h
+        .state()
+        .session
+        .picture
+        .clone()
+        .expect("the decoded image");
+    assert_eq!((pic.width, pic.height), (64, 64));
+    // The word appears twice: in the CLIP block and in the T5 block.
+    let words: Vec<_> = h.get_all_by_label("circle").collect();
+    assert_eq!(words.len(), 2);
+    words[0].click();
+    h.step();
+    assert!(h.state().views.map.is_some(), "a map of the selected word");
+
+    // A sample scene: captured, segmented with the typed classes, scored at every block.
+    h.get_by_label("Sample scene").click();
+    wait(&mut h, "the SD3 analysis", |a| {
+        a.session.layer_scores.is_some() && a.running.is_empty()
+    });
+    let a = h.state();
+    assert_eq!(a.session.layer_scores.as_ref().map(Vec::len), Some(2));
+    let seg = a.session.segmentation.as_ref().expect("masks");
+    assert_eq!(seg.labels.len(), seg.width * seg.height);
+    assert!(a.session.proposals.is_some());
+    assert!(a.toasts.errors().next().is_none(), "{:?}", a.toasts.items);
+
+    // Perturbation is the embedded models' for now, and says so without breaking the window.
+    h.state_mut().toasts.items.clear();
+    let job = ditlens::gui::protocol::PerturbJob {
+        generate: ditlens::gui::protocol::GenerateJob {
+            prompt: "a red circle".into(),
+            seed: 1,
+            steps: 2,
+            guidance: 4.0,
+        },
+        layers: vec![0],
+        sigma: 9.0,
+        kernel: 5,
+        scale: None,
+    };
+    h.state_mut().start("perturbing", true, |id| {
+        ditlens::gui::protocol::Command::Perturb(id, job)
+    });
+    wait(&mut h, "the refusal", |a| {
+        a.toasts.errors().next().is_some()
+    });
+    let err = h
+        .state()
+        .toasts
+        .errors()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert!(err.contains("embedded models only"), "{err}");
+}

@@ -203,12 +203,10 @@ fn model_paths_are_told_apart() {
     // An SD3 pipeline given to an embedded-only command.
     err(
         &[
-            "segment",
+            "perturb-sweep",
             "--model",
             s(&fixture().join("pipeline")),
-            "--image",
-            s(&out),
-            "--classes",
+            "--prompt",
             "a",
             "--out",
             s(&out),
@@ -235,5 +233,112 @@ fn model_paths_are_told_apart() {
             s(&out),
         ],
         "has no tensor `noise`",
+    );
+}
+
+/// Latents of a 2-step generation from the fixture's noise with extra flags.
+fn latents_with(tmp: &Path, name: &str, extra: &[&str]) -> Tensor {
+    let noise = fixture().join("expected/generate.safetensors");
+    let lat = tmp.join(format!("{name}.safetensors"));
+    let png = tmp.join(format!("{name}.png"));
+    let model = fixture().join("pipeline");
+    let mut args = vec![
+        "generate",
+        "--model",
+        s(&model),
+        "--steps",
+        "2",
+        "--init-noise",
+        s(&noise),
+        "--save-latents",
+        s(&lat),
+        "--out",
+        s(&png),
+    ];
+    args.extend_from_slice(extra);
+    let o = ditlens(&args);
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    tensor(&lat, "latents")
+}
+
+#[test]
+fn text_options_reach_generation() {
+    // `generate --no-t5 --max-sequence-length 20` from the text equals generating from what
+    // `encode-prompt` writes with the same options.
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixture().join("pipeline");
+    let enc = |prompt: &str, out: &Path| {
+        let o = ditlens(&[
+            "encode-prompt",
+            "--model",
+            s(&model),
+            "--prompt",
+            prompt,
+            "--no-t5",
+            "--max-sequence-length",
+            "20",
+            "--out",
+            s(out),
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    let (p, n) = (tmp.path().join("p.st"), tmp.path().join("n.st"));
+    enc("a red circle", &p);
+    enc("", &n);
+    let emb = tmp.path().join("emb.safetensors");
+    let m: std::collections::HashMap<String, Tensor> = [
+        ("prompt_embeds", tensor(&p, "prompt_embeds")),
+        ("pooled_prompt_embeds", tensor(&p, "pooled_prompt_embeds")),
+        ("negative_prompt_embeds", tensor(&n, "prompt_embeds")),
+        (
+            "negative_pooled_prompt_embeds",
+            tensor(&n, "pooled_prompt_embeds"),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    assert_eq!(m["prompt_embeds"].dims()[1], 77 + 20);
+    candle_core::safetensors::save(&m, &emb).unwrap();
+    let from_embeds = latents_with(tmp.path(), "e", &["--prompt-embeds", s(&emb)]);
+    let flags = ["--no-t5", "--max-sequence-length", "20"];
+    let mut text = vec!["--prompt", "a red circle"];
+    text.extend_from_slice(&flags);
+    let from_text = latents_with(tmp.path(), "t", &text);
+    let diff = |a: &Tensor, b: &Tensor| {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    assert!(diff(&from_text, &from_embeds) < 1e-5);
+    let with_t5 = latents_with(tmp.path(), "d", &["--prompt", "a red circle"]);
+    assert!(
+        diff(&with_t5, &from_text) > 1e-4,
+        "T5 on and off should not give the same latents"
+    );
+    err(
+        &[
+            "generate",
+            "--model",
+            s(&model),
+            "--prompt",
+            "a",
+            "--max-sequence-length",
+            "0",
+            "--out",
+            s(&tmp.path().join("z.png")),
+        ],
+        "max_sequence_length",
     );
 }

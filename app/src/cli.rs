@@ -69,12 +69,8 @@ pub struct EncodePromptArgs {
     /// The prompt.
     #[arg(long)]
     pub prompt: String,
-    /// T5 tokens, 1 to 512 (77 as Stability's reference; diffusers defaults to 256).
-    #[arg(long, default_value_t = 77)]
-    pub max_sequence_length: usize,
-    /// Leave T5 out: its positions become zeros.
-    #[arg(long)]
-    pub no_t5: bool,
+    #[command(flatten)]
+    pub text: Sd3TextArgs,
     /// Output safetensors with `prompt_embeds` and `pooled_prompt_embeds` (f32).
     #[arg(long)]
     pub out: PathBuf,
@@ -84,6 +80,27 @@ pub struct EncodePromptArgs {
     /// Dtype the encoders run in (outputs are always f32).
     #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
     pub dtype: DtypeArg,
+}
+
+/// How an SD3 pipeline encodes prompts.
+#[derive(Debug, Args)]
+pub struct Sd3TextArgs {
+    /// SD3: T5 tokens, 1 to 512 (77 as Stability's reference and Seg4Diff; diffusers defaults
+    /// to 256).
+    #[arg(long, default_value_t = 77)]
+    pub max_sequence_length: usize,
+    /// SD3: leave T5 out (its positions become zeros).
+    #[arg(long)]
+    pub no_t5: bool,
+}
+
+impl Sd3TextArgs {
+    pub fn options(&self) -> ditlens_core::sd3::TextOptions {
+        ditlens_core::sd3::TextOptions {
+            max_sequence_length: self.max_sequence_length,
+            use_t5: !self.no_t5,
+        }
+    }
 }
 
 /// Model dtype.
@@ -262,8 +279,9 @@ pub struct SamplesArgs {
 /// Which embedded-family model to use.
 #[derive(Debug, Args)]
 pub struct ModelArgs {
-    /// A model folder written by `ditlens train` (default: the embedded model); `generate` also
-    /// takes an SD3 pipeline folder (`model_index.json`) or an SD3 single `.safetensors` file.
+    /// A model folder written by `ditlens train` (default: the embedded model); `generate`,
+    /// `segment` and `eval` also take an SD3 pipeline folder (`model_index.json`) or an SD3
+    /// single `.safetensors` file.
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Which embedded model: aligned (default) or plain.
@@ -300,6 +318,8 @@ pub struct GenerateArgs {
     /// SD3: weight dtype (activations follow; f32 on CPU for bf16).
     #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
     pub dtype: DtypeArg,
+    #[command(flatten)]
+    pub text: Sd3TextArgs,
     #[arg(long, default_value_t = 28)]
     pub steps: usize,
     /// Classifier-free guidance scale.
@@ -355,6 +375,13 @@ pub struct SegmentArgs {
     /// JSON summary (classes, layer, σ, pixel shares).
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// SD3: also run T5 (Seg4Diff's evaluation disables it; only the 77 CLIP positions are read
+    /// either way).
+    #[arg(long)]
+    pub t5: bool,
+    /// SD3: weight dtype.
+    #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
+    pub dtype: DtypeArg,
 }
 
 #[derive(Debug, Args)]
@@ -380,6 +407,13 @@ pub struct EvalArgs {
     pub seed: u64,
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// SD3: also run T5 (Seg4Diff's evaluation disables it; only the 77 CLIP positions are read
+    /// either way).
+    #[arg(long)]
+    pub t5: bool,
+    /// SD3: weight dtype.
+    #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
+    pub dtype: DtypeArg,
 }
 
 #[derive(Debug, Args)]

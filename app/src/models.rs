@@ -4,8 +4,12 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use candle_core::Device;
+use candle_core::{DType, Device, Tensor};
+use ditlens_core::embedded::model::tensor_to_rgb;
 use ditlens_core::embedded::EmbeddedModel;
+use ditlens_core::probe::{ProbeCapture, ProbeOptions, ProbeSource};
+use ditlens_core::sd3::{Sd3Pipeline, TextOptions};
+use ditlens_core::segment::I2tSegmenter;
 
 mod shipped {
     include!(concat!(env!("OUT_DIR"), "/embedded_models.rs"));
@@ -81,7 +85,7 @@ pub fn open_embedded(model: Option<&Path>, name: Option<&str>) -> anyhow::Result
     if let Some(dir) = model {
         if let ModelPath::Sd3(p) = classify(dir)? {
             bail!(
-                "{} is an SD3 pipeline; so far only `ditlens generate` runs SD3 pipelines",
+                "{} is an SD3 pipeline; `generate`, `segment`, `eval` and `encode-prompt` run SD3 pipelines, this command does not yet",
                 p.display()
             );
         }
@@ -98,5 +102,108 @@ pub fn open_embedded(model: Option<&Path>, name: Option<&str>) -> anyhow::Result
             "no embedded model `{want}`; built in: {}",
             shipped_names().join(", ")
         ),
+    }
+}
+
+/// Opens the model `segment` and `eval` read: an SD3 pipeline (text encoders as Seg4Diff's
+/// evaluation runs them: CLIP-L and CLIP-G, T5 only when `t5`) or an embedded model.
+pub fn open_segmenter(
+    model: Option<&Path>,
+    name: Option<&str>,
+    dtype: DType,
+    t5: bool,
+) -> anyhow::Result<Box<dyn I2tSegmenter>> {
+    if let Some(path) = model {
+        if let ModelPath::Sd3(p) = classify(path)? {
+            let text = TextOptions {
+                use_t5: t5,
+                ..Default::default()
+            };
+            let pipe = Sd3Pipeline::open(&p, &Device::Cpu, dtype, text)
+                .with_context(|| format!("loading {}", p.display()))?;
+            return Ok(Box::new(pipe));
+        }
+    }
+    Ok(Box::new(open_embedded(model, name)?))
+}
+
+/// A model `probe` and the analyses run: the embedded one or an SD3 pipeline.
+pub enum ProbeModel {
+    Embedded(Box<EmbeddedModel>),
+    Sd3(Box<Sd3Pipeline>),
+}
+
+impl ProbeModel {
+    /// Opens `--model PATH` (either kind) or the embedded model `name`.
+    pub fn open(model: Option<&Path>, name: Option<&str>) -> anyhow::Result<Self> {
+        if let Some(path) = model {
+            if let ModelPath::Sd3(p) = classify(path)? {
+                let pipe = Sd3Pipeline::open(&p, &Device::Cpu, DType::F32, TextOptions::default())
+                    .with_context(|| format!("loading {}", p.display()))?;
+                return Ok(Self::Sd3(Box::new(pipe)));
+            }
+        }
+        Ok(Self::Embedded(Box::new(open_embedded(model, name)?)))
+    }
+
+    /// The model as a segmenter.
+    pub fn segmenter(&self) -> &dyn I2tSegmenter {
+        match self {
+            Self::Embedded(m) => m.as_ref(),
+            Self::Sd3(p) => p.as_ref(),
+        }
+    }
+
+    /// Number of joint blocks.
+    pub fn layers(&self) -> usize {
+        self.segmenter().num_layers()
+    }
+
+    /// The block analyses default to.
+    pub fn expert_layer(&self) -> usize {
+        self.segmenter().default_layer()
+    }
+
+    /// Captures `prompt` (on an image or a generation); `on_step(done, total)` reports progress.
+    pub fn probe(
+        &self,
+        prompt: &str,
+        source: ProbeSource<'_>,
+        opts: &ProbeOptions,
+        mut on_step: impl FnMut(usize, usize) -> bool,
+    ) -> anyhow::Result<ProbeCapture> {
+        self.probe_steps(prompt, source, opts, |d, t, _| on_step(d, t))
+    }
+
+    /// [`Self::probe`] that also hands `on_step` a generation's current sample (pixels for the
+    /// embedded model, latents for SD3; see [`Self::preview`]).
+    pub fn probe_steps(
+        &self,
+        prompt: &str,
+        source: ProbeSource<'_>,
+        opts: &ProbeOptions,
+        on_step: impl FnMut(usize, usize, Option<&Tensor>) -> bool,
+    ) -> anyhow::Result<ProbeCapture> {
+        Ok(match self {
+            Self::Embedded(m) => m.probe_steps(prompt, source, opts, on_step)?,
+            Self::Sd3(p) => p.probe(prompt, source, opts, on_step)?,
+        })
+    }
+
+    /// A sample of [`Self::probe_steps`] as RGB bytes and its square side.
+    pub fn preview(&self, x: &Tensor) -> anyhow::Result<(Vec<u8>, usize)> {
+        Ok(match self {
+            Self::Embedded(m) => (tensor_to_rgb(&x.squeeze(0)?)?, m.cfg.image_size),
+            Self::Sd3(p) => {
+                let pic = p.decode(x)?;
+                let side = pic.width() as usize;
+                (pic.into_raw(), side)
+            }
+        })
+    }
+
+    /// The prompt that names `classes`, as the model's segmentation reads it.
+    pub fn class_prompt(&self, classes: &[String]) -> anyhow::Result<String> {
+        Ok(self.segmenter().class_prompt(classes)?.0)
     }
 }

@@ -15,6 +15,7 @@ pub mod perturb;
 pub mod probe;
 pub mod schedule;
 pub mod sd3;
+pub mod segment;
 pub mod shapes;
 
 pub use error::{Error, Result};

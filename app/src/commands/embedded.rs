@@ -3,17 +3,18 @@
 use std::time::Instant;
 
 use anyhow::Context;
-use ditlens_core::embedded::eval::{evaluate, evaluate_unsupervised};
-use ditlens_core::embedded::pipeline::{GenerateOptions, SegmentOptions};
+use ditlens_core::embedded::pipeline::GenerateOptions;
 use ditlens_core::export::{read_rgb, write_label_png, write_overlay_png, write_rgb_png};
 use ditlens_core::io::write_atomic;
 use ditlens_core::metrics::Dataset;
+use ditlens_core::segment::eval::{evaluate, evaluate_unsupervised};
+use ditlens_core::segment::{segment, segment_unsupervised, SegmentOptions};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use super::forward::blur_spec;
 use crate::cli::{EvalArgs, GenerateArgs, MakeDatasetArgs, SegmentArgs};
-use crate::models::open_embedded;
+use crate::models::{open_embedded, open_segmenter};
 
 pub(super) fn bar(len: usize, what: &str) -> ProgressBar {
     let b = ProgressBar::new(len as u64);
@@ -63,8 +64,14 @@ pub fn generate(a: GenerateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn segment(a: SegmentArgs) -> anyhow::Result<()> {
-    let model = open_embedded(a.model.model.as_deref(), a.model.embedded.as_deref())?;
+pub fn segment_image(a: SegmentArgs) -> anyhow::Result<()> {
+    let model = open_segmenter(
+        a.model.model.as_deref(),
+        a.model.embedded.as_deref(),
+        a.dtype.dtype(),
+        a.t5,
+    )?;
+    let model = model.as_ref();
     let (rgb, w, h) = read_rgb(&a.image)?;
     let opts = SegmentOptions {
         layer: a.layer,
@@ -74,7 +81,7 @@ pub fn segment(a: SegmentArgs) -> anyhow::Result<()> {
     };
     if a.unsupervised {
         let t0 = Instant::now();
-        let p = model.segment_unsupervised(&rgb, w, h, a.threshold, &opts)?;
+        let p = segment_unsupervised(model, &rgb, w, h, a.threshold, &opts)?;
         let secs = t0.elapsed().as_secs_f64();
         write_label_png(&a.out, &p.labels, w, h)?;
         if let Some(o) = &a.overlay {
@@ -109,7 +116,7 @@ pub fn segment(a: SegmentArgs) -> anyhow::Result<()> {
         "--classes is empty: give class names separated by commas"
     );
     let t0 = Instant::now();
-    let seg = model.segment(&rgb, w, h, &classes, &opts)?;
+    let seg = segment(model, &rgb, w, h, &classes, &opts)?;
     let secs = t0.elapsed().as_secs_f64();
     write_label_png(&a.out, &seg.labels, w, h)?;
     if let Some(p) = &a.overlay {
@@ -141,7 +148,13 @@ pub fn segment(a: SegmentArgs) -> anyhow::Result<()> {
 }
 
 pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
-    let model = open_embedded(a.model.model.as_deref(), a.model.embedded.as_deref())?;
+    let model = open_segmenter(
+        a.model.model.as_deref(),
+        a.model.embedded.as_deref(),
+        a.dtype.dtype(),
+        a.t5,
+    )?;
+    let model = model.as_ref();
     let data = Dataset::open(&a.dataset).map_err(|e| anyhow::anyhow!("{e}"))?;
     if a.unsupervised {
         let opts = SegmentOptions {
@@ -150,7 +163,7 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
             ..Default::default()
         };
         let pb = bar(data.len(), "eval");
-        let s = evaluate_unsupervised(&model, &data, a.threshold, &opts, |i, _| {
+        let s = evaluate_unsupervised(model, &data, a.threshold, &opts, |i, _| {
             pb.set_position(i as u64);
             true
         })?;
@@ -166,19 +179,19 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let n_layers = model.cfg.transformer.num_layers;
+    let n_layers = model.num_layers();
     let layers: Vec<usize> = match (&a.layers, a.layer) {
         (Some(s), _) if s == "all" => (0..n_layers).collect(),
         (Some(s), _) => anyhow::bail!("--layers takes `all`, got `{s}`"),
         (None, Some(l)) => vec![l],
-        (None, None) => vec![model.cfg.expert_layer],
+        (None, None) => vec![model.default_layer()],
     };
     let opts = SegmentOptions {
         seed: a.seed,
         ..Default::default()
     };
     let pb = bar(data.len(), "eval");
-    let scores = evaluate(&model, &data, &layers, &opts, |i, _| {
+    let scores = evaluate(model, &data, &layers, &opts, |i, _| {
         pb.set_position(i as u64);
         true
     })?;

@@ -23,7 +23,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::TrainJudge(a)) => samples::train_judge(a),
         Some(Command::Samples(a)) => samples::run(a),
         Some(Command::Generate(a)) => sd3_generate::generate(a),
-        Some(Command::Segment(a)) => embedded::segment(a),
+        Some(Command::Segment(a)) => embedded::segment_image(a),
         Some(Command::Eval(a)) => embedded::eval(a),
         Some(Command::MakeDataset(a)) => embedded::make_dataset(a),
         Some(Command::Probe(a)) => probe::run(a),

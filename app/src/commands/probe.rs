@@ -4,13 +4,14 @@
 use std::time::Instant;
 
 use anyhow::Context;
-use ditlens_core::embedded::probe::{ProbeOptions, ProbeSource};
 use ditlens_core::export::{read_rgb, write_rgb_png};
-use ditlens_core::probe::{parse_bytes, sidecar_path, Bytes, HeadStorage, ProbeCapture};
+use ditlens_core::probe::{
+    parse_bytes, sidecar_path, Bytes, HeadStorage, ProbeCapture, ProbeOptions, ProbeSource,
+};
 
 use super::embedded::bar;
 use crate::cli::{ProbeArgs, SourceArgs};
-use crate::models::open_embedded;
+use crate::models::ProbeModel;
 
 /// `all` → `0..n`, else a comma list of indices below `n`.
 pub(super) fn parse_list(s: &str, n: usize, what: &str) -> anyhow::Result<Vec<usize>> {
@@ -55,9 +56,9 @@ fn report_memory(cap: &ProbeCapture) {
 }
 
 pub fn run(a: ProbeArgs) -> anyhow::Result<()> {
-    let model = open_embedded(a.model.model.as_deref(), a.model.embedded.as_deref())?;
+    let model = ProbeModel::open(a.model.model.as_deref(), a.model.embedded.as_deref())?;
     anyhow::ensure!(a.steps > 0, "--steps must be at least 1");
-    let n_layers = model.cfg.transformer.num_layers;
+    let n_layers = model.layers();
     let opts = ProbeOptions {
         seed: a.seed,
         steps: a.steps,
@@ -145,12 +146,12 @@ pub(super) fn open_source(a: &SourceArgs, needs: &Needs) -> anyhow::Result<(Prob
         .prompt
         .as_deref()
         .context("give --prompt (or --capture FILE)")?;
-    let model = open_embedded(a.model.model.as_deref(), a.model.embedded.as_deref())?;
+    let model = ProbeModel::open(a.model.model.as_deref(), a.model.embedded.as_deref())?;
     anyhow::ensure!(a.steps > 0, "--steps must be at least 1");
     let step = a.step.unwrap_or_else(|| default_step(a.steps));
     let qkv_layers = match (&needs.qkv, needs.wants_qkv) {
-        (Some(l), true) => parse_list(l, model.cfg.transformer.num_layers, "layer")?,
-        (None, true) => vec![model.cfg.expert_layer],
+        (Some(l), true) => parse_list(l, model.layers(), "layer")?,
+        (None, true) => vec![model.expert_layer()],
         (_, false) => vec![],
     };
     let opts = ProbeOptions {

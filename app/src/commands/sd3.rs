@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use candle_core::Device;
 use ditlens_core::io::{write_atomic, write_safetensors};
-use ditlens_core::sd3::{ModelForm, PipelineParts, TextEncoders, TextOptions};
+use ditlens_core::sd3::{ModelForm, PipelineParts, TextEncoders};
 use serde_json::json;
 
 use crate::cli::EncodePromptArgs;
@@ -13,10 +13,7 @@ use crate::cli::EncodePromptArgs;
 /// Runs `encode-prompt`: writes `prompt_embeds` and `pooled_prompt_embeds`, and the token list.
 pub fn encode_prompt(a: EncodePromptArgs) -> anyhow::Result<()> {
     let parts = PipelineParts::locate(&a.model)?;
-    let opts = TextOptions {
-        max_sequence_length: a.max_sequence_length,
-        use_t5: !a.no_t5,
-    };
+    let opts = a.text.options();
     let enc = TextEncoders::open(&parts, &Device::Cpu, a.dtype.dtype(), opts)?;
     let out = enc.encode(&a.prompt)?;
     if let Some(t) = &out.truncated {

@@ -12,7 +12,7 @@ use ditlens_core::embedded::model::seeded_randn;
 use ditlens_core::export::write_rgb_png;
 use ditlens_core::io::{read_safetensors, write_safetensors};
 use ditlens_core::sd3::text::PromptEncoding;
-use ditlens_core::sd3::{GenerateOptions, Sd3Pipeline, TextOptions};
+use ditlens_core::sd3::{GenerateOptions, Sd3Pipeline};
 
 use super::embedded::bar;
 use crate::cli::{DtypeArg, GenerateArgs};
@@ -106,7 +106,7 @@ fn run(path: &Path, a: GenerateArgs) -> anyhow::Result<()> {
     let pipe = if a.prompt_embeds.is_some() {
         Sd3Pipeline::open_without_text(path, &dev, dtype)
     } else {
-        Sd3Pipeline::open(path, &dev, dtype, TextOptions::default())
+        Sd3Pipeline::open(path, &dev, dtype, a.text.options())
     }
     .with_context(|| format!("loading {}", path.display()))?;
     eprintln!(

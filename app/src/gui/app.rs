@@ -299,9 +299,14 @@ impl ExplorerApp {
                     .error("cannot open the dropped item: it has no path");
             } else if p.is_dir() {
                 self.send(Command::OpenModel(ModelSource::Folder(p)));
-            } else if p.file_name().is_some_and(|n| n == "model.json") {
+            } else if p
+                .file_name()
+                .is_some_and(|n| n == "model.json" || n == "model_index.json")
+            {
                 let dir = p.parent().map(|d| d.to_path_buf()).unwrap_or_default();
                 self.send(Command::OpenModel(ModelSource::Folder(dir)));
+            } else if p.extension().is_some_and(|e| e == "safetensors") {
+                self.send(Command::OpenModel(ModelSource::Folder(p)));
             } else {
                 self.start("reading the image", false, |id| Command::LoadImage(id, p));
             }

@@ -5,10 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use candle_core::Tensor;
-use ditlens_core::embedded::model::tensor_to_rgb;
-use ditlens_core::embedded::pipeline::{class_prompt, GenerateOptions, SegmentOptions};
-use ditlens_core::embedded::probe::{ProbeOptions, ProbeSource};
-use ditlens_core::embedded::EmbeddedModel;
+use ditlens_core::embedded::pipeline::GenerateOptions;
 use ditlens_core::export::{
     read_rgb, write_class_pngs, write_label_png, write_overlay_png, write_rgb_png,
 };
@@ -16,30 +13,61 @@ use ditlens_core::figure::{write_png, write_svg, MassPlot, Plot, ValueNormPlot};
 use ditlens_core::metrics::Confusion;
 use ditlens_core::perturb::BlurSpec;
 use ditlens_core::probe::figures::{head_grid, token_grid};
-use ditlens_core::probe::{sidecar_path, Feature, MapKind, ProbeCapture};
+use ditlens_core::probe::{
+    sidecar_path, Feature, MapKind, ProbeCapture, ProbeOptions, ProbeSource,
+};
+use ditlens_core::segment::{self as seg, SegmentOptions};
 
 use super::protocol::{
     AnalyseJob, Event, ExportJob, GenerateJob, JobId, ModelInfo, ModelSource, PerturbJob, Picture,
 };
 use super::worker::Link;
+use crate::models::ProbeModel;
 
 /// Loads a model and describes it.
-pub fn open_model(src: &ModelSource) -> anyhow::Result<(EmbeddedModel, ModelInfo)> {
+pub fn open_model(src: &ModelSource) -> anyhow::Result<(ProbeModel, ModelInfo)> {
     let model = match src {
-        ModelSource::Embedded(name) => crate::models::open_embedded(None, Some(name))?,
-        ModelSource::Folder(dir) => crate::models::open_embedded(Some(dir), None)?,
+        ModelSource::Embedded(name) => ProbeModel::open(None, Some(name))?,
+        ModelSource::Folder(path) => ProbeModel::open(Some(path), None)?,
     };
-    let t = &model.cfg.transformer;
-    let info = ModelInfo {
-        source: src.clone(),
-        variant: "embedded MM-DiT (SD3 code path, pixel space)".into(),
-        layers: t.num_layers,
-        heads: t.num_attention_heads,
-        image_size: model.cfg.image_size,
-        text_len: model.cfg.text.max_len,
-        expert_layer: model.cfg.expert_layer,
+    let info = match &model {
+        ProbeModel::Embedded(m) => {
+            let t = &m.cfg.transformer;
+            ModelInfo {
+                source: src.clone(),
+                variant: "embedded MM-DiT (SD3 code path, pixel space)".into(),
+                layers: t.num_layers,
+                heads: t.num_attention_heads,
+                image_size: m.cfg.image_size,
+                text_len: m.cfg.text.max_len,
+                expert_layer: m.cfg.expert_layer,
+            }
+        }
+        ProbeModel::Sd3(p) => {
+            let c = p.transformer.config();
+            let t5 = p
+                .text
+                .as_ref()
+                .map_or(0, |t| t.options().max_sequence_length);
+            ModelInfo {
+                source: src.clone(),
+                variant: format!("{} ({} form)", p.variant.name(), form_name(p)),
+                layers: c.num_layers,
+                heads: c.num_attention_heads,
+                image_size: p.resolution(),
+                text_len: 77 + t5,
+                expert_layer: model.expert_layer(),
+            }
+        }
     };
     Ok((model, info))
+}
+
+fn form_name(p: &ditlens_core::sd3::Sd3Pipeline) -> &'static str {
+    match p.parts.form {
+        ditlens_core::sd3::ModelForm::PipelineFolder => "diffusers folder",
+        ditlens_core::sd3::ModelForm::SingleFile => "single file",
+    }
 }
 
 /// Decodes an image file.
@@ -58,33 +86,54 @@ pub fn paper_step(steps: usize) -> usize {
     (steps * 20 / 28).min(steps.saturating_sub(1))
 }
 
-fn sample_picture(x: &Tensor, size: usize) -> anyhow::Result<Picture> {
+fn sample_picture(model: &ProbeModel, x: &Tensor) -> anyhow::Result<Picture> {
+    let (rgb, size) = model.preview(x)?;
     Ok(Picture {
-        rgb: tensor_to_rgb(&x.squeeze(0)?)?,
+        rgb,
         width: size,
         height: size,
     })
 }
 
-fn probe_options(model: &EmbeddedModel, seed: u64, steps: usize, guidance: f64) -> ProbeOptions {
-    ProbeOptions {
-        seed,
-        steps,
-        guidance,
-        qkv_layers: (0..model.cfg.transformer.num_layers).collect(),
-        ..ProbeOptions::default()
+/// Every step and every block's Q/K/V for the embedded model; for an SD3 pipeline (24 blocks of
+/// 4096 image tokens) eight evenly spread steps plus the paper's step, Q/K/V at the expert
+/// layer, within a 4 GiB budget (head means when per-head maps do not fit).
+fn probe_options(model: &ProbeModel, seed: u64, steps: usize, guidance: f64) -> ProbeOptions {
+    match model {
+        ProbeModel::Embedded(_) => ProbeOptions {
+            seed,
+            steps,
+            guidance,
+            qkv_layers: (0..model.layers()).collect(),
+            ..ProbeOptions::default()
+        },
+        ProbeModel::Sd3(_) => {
+            let mut keep: Vec<usize> = (0..8).map(|k| k * steps / 8).collect();
+            keep.push(paper_step(steps));
+            keep.retain(|&s| s < steps);
+            keep.sort_unstable();
+            keep.dedup();
+            ProbeOptions {
+                seed,
+                steps,
+                guidance,
+                keep: Some(keep),
+                qkv_layers: vec![model.expert_layer()],
+                max_memory: 4 << 30,
+                ..ProbeOptions::default()
+            }
+        }
     }
 }
 
 /// Generates with capture at every step, sending each step's sample.
 pub fn generate(
-    model: &EmbeddedModel,
+    model: &ProbeModel,
     link: &mut Link,
     job: JobId,
     g: &GenerateJob,
 ) -> anyhow::Result<Arc<ProbeCapture>> {
     let opts = probe_options(model, g.seed, g.steps, g.guidance);
-    let size = model.cfg.image_size;
     let mut failure = None;
     let cap = model.probe_steps(&g.prompt, ProbeSource::Generate, &opts, |done, total, x| {
         link.emit(Event::Progress {
@@ -94,7 +143,7 @@ pub fn generate(
             what: "generating".into(),
         });
         if let Some(x) = x {
-            match sample_picture(x, size) {
+            match sample_picture(model, x) {
                 Ok(picture) => link.emit(Event::StepImage {
                     job,
                     step: done,
@@ -124,12 +173,12 @@ pub fn generate(
 
 /// Captures an image at every step, then masks, proposals and (with ground truth) mIoU per layer.
 pub fn analyse(
-    model: &EmbeddedModel,
+    model: &ProbeModel,
     link: &mut Link,
     job: JobId,
     a: &AnalyseJob,
 ) -> anyhow::Result<Arc<ProbeCapture>> {
-    let (prompt, _) = class_prompt(&a.classes)?;
+    let prompt = model.class_prompt(&a.classes)?;
     let opts = probe_options(model, a.seed, a.steps, 0.0);
     let p = &a.picture;
     let source = ProbeSource::Image {
@@ -183,7 +232,7 @@ pub fn analyse(
 
 /// mIoU of each layer's masks against the exact labels of a sample scene.
 fn layer_scores(
-    model: &EmbeddedModel,
+    model: &ProbeModel,
     a: &AnalyseJob,
     names: &[String],
     truth: &[u8],
@@ -200,10 +249,18 @@ fn layer_scores(
                 .with_context(|| format!("label {c} has no class name"))
         })
         .collect::<anyhow::Result<_>>()?;
-    let layers: Vec<usize> = (0..model.cfg.transformer.num_layers).collect();
+    let layers: Vec<usize> = (0..model.layers()).collect();
     let p = &a.picture;
     let opts = segment_options(a.seed, a.steps, None);
-    let preds = model.segment_layers(&p.rgb, p.width, p.height, &classes, &layers, &opts)?;
+    let preds = seg::segment_layers(
+        model.segmenter(),
+        &p.rgb,
+        p.width,
+        p.height,
+        &classes,
+        &layers,
+        &opts,
+    )?;
     let mut out = vec![];
     for pred in preds {
         let mapped: Vec<u8> = pred.iter().map(|&j| present[j as usize]).collect();
@@ -227,14 +284,15 @@ fn segment_options(seed: u64, steps: usize, layer: Option<usize>) -> SegmentOpti
 
 /// Open-vocabulary masks at a layer.
 pub fn segment(
-    model: &EmbeddedModel,
+    model: &ProbeModel,
     link: &Link,
     job: JobId,
     p: &Picture,
     classes: &[String],
     layer: usize,
 ) -> anyhow::Result<()> {
-    let seg = model.segment(
+    let seg = seg::segment(
+        model.segmenter(),
         &p.rgb,
         p.width,
         p.height,
@@ -247,14 +305,15 @@ pub fn segment(
 
 /// Unsupervised proposals at a layer and threshold.
 pub fn unsupervised(
-    model: &EmbeddedModel,
+    model: &ProbeModel,
     link: &Link,
     job: JobId,
     p: &Picture,
     layer: usize,
     threshold: f32,
 ) -> anyhow::Result<()> {
-    let props = model.segment_unsupervised(
+    let props = seg::segment_unsupervised(
+        model.segmenter(),
         &p.rgb,
         p.width,
         p.height,
@@ -292,11 +351,16 @@ pub fn pca(
 
 /// The same seed generated without and with the I2T blur.
 pub fn perturb(
-    model: &EmbeddedModel,
+    model: &ProbeModel,
     link: &mut Link,
     job: JobId,
     p: &PerturbJob,
 ) -> anyhow::Result<()> {
+    let ProbeModel::Embedded(model) = model else {
+        anyhow::bail!(
+            "the I2T perturbation runs on the embedded models only so far; switch to one in the Model menu"
+        );
+    };
     let g = &p.generate;
     let base = GenerateOptions {
         seed: g.seed,

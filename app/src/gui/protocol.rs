@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use ditlens_core::embedded::pipeline::{Proposals, Segmentation};
 use ditlens_core::probe::{Feature, ProbeCapture};
+use ditlens_core::segment::{Proposals, Segmentation};
 
 /// Identifies one job, so late events of a replaced job can be told apart.
 pub type JobId = u64;
@@ -22,7 +22,8 @@ pub struct Picture {
 pub enum ModelSource {
     /// A model built into the binary (`aligned`, `plain`).
     Embedded(String),
-    /// A model folder written by `ditlens train` / `export-model`.
+    /// A model on disk: a folder written by `ditlens train` / `export-model`, an SD3 diffusers
+    /// pipeline folder, or an SD3 single `.safetensors` file.
     Folder(PathBuf),
 }
 
@@ -31,7 +32,8 @@ impl ModelSource {
         match self {
             ModelSource::Embedded(n) => format!("embedded {n}"),
             ModelSource::Folder(p) => format!(
-                "folder {}",
+                "{} {}",
+                if p.is_file() { "file" } else { "folder" },
                 p.file_name()
                     .map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into())
             ),

@@ -4,9 +4,9 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use ditlens_core::embedded::pipeline::{Proposals, Segmentation};
 use ditlens_core::probe::summary::TokenKind;
 use ditlens_core::probe::ProbeCapture;
+use ditlens_core::segment::{Proposals, Segmentation};
 
 use super::protocol::{ModelInfo, Picture};
 

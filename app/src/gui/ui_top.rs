@@ -47,8 +47,17 @@ impl ExplorerApp {
                         choice = Some(ModelSource::Embedded(name.to_string()));
                     }
                 }
-                if ui.selectable_label(false, "open a folder…").clicked() {
+                if ui
+                    .selectable_label(false, "open a folder (trained model or SD3 pipeline)…")
+                    .clicked()
+                {
                     choice = Some(ModelSource::Folder(Default::default()));
+                }
+                if ui
+                    .selectable_label(false, "open an SD3 single .safetensors file…")
+                    .clicked()
+                {
+                    self.open_model_file_dialog();
                 }
             });
         match choice {
@@ -81,10 +90,21 @@ impl ExplorerApp {
         }
     }
 
-    /// Picks a model folder with the native dialog.
+    /// Picks an SD3 single-file checkpoint with the native dialog.
+    pub fn open_model_file_dialog(&mut self) {
+        if let Some(file) = rfd::FileDialog::new()
+            .set_title("Open an SD3 single-file checkpoint")
+            .add_filter("safetensors", &["safetensors"])
+            .pick_file()
+        {
+            self.send(Command::OpenModel(ModelSource::Folder(file)));
+        }
+    }
+
+    /// Picks a model folder (a trained model or an SD3 pipeline) with the native dialog.
     pub fn open_model_dialog(&mut self) {
         if let Some(dir) = rfd::FileDialog::new()
-            .set_title("Open a DiT Lens model folder")
+            .set_title("Open a DiT Lens model folder or an SD3 pipeline folder")
             .pick_folder()
         {
             self.send(Command::OpenModel(ModelSource::Folder(dir)));

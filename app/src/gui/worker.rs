@@ -5,8 +5,8 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use crate::models::ProbeModel;
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
-use ditlens_core::embedded::EmbeddedModel;
 use ditlens_core::probe::ProbeCapture;
 
 use super::jobs;
@@ -142,7 +142,7 @@ impl Link {
 
 struct WorkerState {
     link: Link,
-    model: Option<EmbeddedModel>,
+    model: Option<ProbeModel>,
     capture: Option<Arc<ProbeCapture>>,
 }
 

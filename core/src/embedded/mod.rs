@@ -2,7 +2,6 @@
 //! text encoder, trained by the project on the shapes world.
 
 pub mod config;
-pub mod eval;
 pub mod export;
 pub mod guidance;
 pub mod model;
@@ -10,6 +9,7 @@ pub mod optim;
 pub mod pipeline;
 pub mod probe;
 pub mod samples;
+pub mod segment;
 pub mod shape_judge;
 pub mod sweep;
 #[cfg(test)]

@@ -12,61 +12,13 @@ use super::tokenizer::{Tokens, EOS};
 use crate::capture::{BlockCapture, CaptureSpec};
 use crate::error::{Error, Result};
 use crate::mmdit::ForwardOptions;
+use crate::probe::run::{probe_summary, SummaryParts};
 use crate::probe::{
-    block_prefix, plan, CaptureSize, HeadStorage, MemoryPlan, ProbeCapture, ProbeMode,
-    ProbeSummary, StepInfo, TokenInfo, TokenKind, WordInfo, DEFAULT_MAX_MEMORY,
+    block_prefix, keep_item, plan_probe, ProbeCapture, ProbeDims, ProbeMode, StepInfo, TokenInfo,
+    TokenKind, WordInfo,
 };
+pub use crate::probe::{ProbeOptions, ProbeSource};
 use crate::schedule::{noise_to, FlowMatchEuler};
-
-/// Where the probed latents come from.
-#[derive(Debug, Clone, Copy)]
-pub enum ProbeSource<'a> {
-    /// Generate from the prompt (CFG); capture the prompt's branch at each kept step.
-    Generate,
-    /// An RGB image (`width × height`, squashed to the model's input) noised to each kept step's
-    /// σ with one seeded ε; one forward per kept step with the prompt.
-    Image {
-        rgb: &'a [u8],
-        width: usize,
-        height: usize,
-    },
-}
-
-/// What to capture and when.
-#[derive(Debug, Clone)]
-pub struct ProbeOptions {
-    pub seed: u64,
-    pub steps: usize,
-    /// Schedule step indices to keep (`None` = all).
-    pub keep: Option<Vec<usize>>,
-    /// CFG scale when generating.
-    pub guidance: f64,
-    pub i2t: bool,
-    pub t2i: bool,
-    pub row_share: bool,
-    pub value_norm: bool,
-    /// Blocks whose image-token Q/K/V are kept.
-    pub qkv_layers: Vec<usize>,
-    /// Budget for the kept tensors in bytes.
-    pub max_memory: u64,
-}
-
-impl Default for ProbeOptions {
-    fn default() -> Self {
-        Self {
-            seed: 0,
-            steps: 28,
-            keep: None,
-            guidance: 4.0,
-            i2t: true,
-            t2i: true,
-            row_share: true,
-            value_norm: true,
-            qkv_layers: vec![],
-            max_memory: DEFAULT_MAX_MEMORY,
-        }
-    }
-}
 
 /// Every text position with its string and role, and the word → token groups.
 pub fn token_table(tokens: &Tokens) -> (Vec<TokenInfo>, Vec<WordInfo>) {
@@ -109,83 +61,18 @@ pub fn token_table(tokens: &Tokens) -> (Vec<TokenInfo>, Vec<WordInfo>) {
     (infos, words)
 }
 
-/// Batch item `item` of a block's capture, with i2t/t2i averaged over heads for `HeadMean`.
-/// Every tensor is copied, so no capture keeps the whole batch alive.
-fn keep_item(b: &BlockCapture, item: usize, storage: HeadStorage) -> Result<BlockCapture> {
-    let take = |t: &Option<Tensor>, mean: bool| -> Result<Option<Tensor>> {
-        t.as_ref()
-            .map(|t| {
-                let t = t.narrow(0, item, 1)?;
-                Ok(if mean && storage == HeadStorage::HeadMean {
-                    t.mean_keepdim(1)?
-                } else {
-                    t.copy()?
-                })
-            })
-            .transpose()
-    };
-    let a = &b.attn;
-    let mut out = BlockCapture::default();
-    out.attn.i2t = take(&a.i2t, true)?;
-    out.attn.t2i = take(&a.t2i, true)?;
-    out.attn.row_share = take(&a.row_share, false)?;
-    out.attn.vnorm_img = take(&a.vnorm_img, false)?;
-    out.attn.vnorm_txt = take(&a.vnorm_txt, false)?;
-    out.attn.q_img = take(&a.q_img, false)?;
-    out.attn.k_img = take(&a.k_img, false)?;
-    out.attn.v_img = take(&a.v_img, false)?;
-    Ok(out)
-}
-
 impl EmbeddedModel {
-    /// Checks the options and returns the kept step indices (sorted, unique) and the memory plan.
-    fn probe_plan(&self, opts: &ProbeOptions) -> Result<(Vec<usize>, MemoryPlan)> {
-        if opts.steps == 0 {
-            return Err(Error::Input(
-                "the number of steps must be at least 1".into(),
-            ));
-        }
-        let mut keep = opts
-            .keep
-            .clone()
-            .unwrap_or_else(|| (0..opts.steps).collect());
-        keep.sort_unstable();
-        keep.dedup();
-        if keep.is_empty() {
-            return Err(Error::Input("no step to keep".into()));
-        }
-        if let Some(&bad) = keep.iter().find(|&&s| s >= opts.steps) {
-            return Err(Error::Input(format!(
-                "step {bad} is outside 0..{} (--steps {})",
-                opts.steps - 1,
-                opts.steps
-            )));
-        }
+    /// Sizes the memory plan needs.
+    fn probe_dims(&self) -> ProbeDims {
         let t = &self.cfg.transformer;
-        if let Some(&bad) = opts.qkv_layers.iter().find(|&&l| l >= t.num_layers) {
-            return Err(Error::Input(format!(
-                "Q/K/V layer {bad} does not exist (the model has blocks 0..{})",
-                t.num_layers - 1
-            )));
-        }
         let g = self.cfg.image_size / t.patch_size;
-        let mut qkv = opts.qkv_layers.clone();
-        qkv.sort_unstable();
-        qkv.dedup();
-        let size = CaptureSize {
-            kept_steps: keep.len(),
+        ProbeDims {
             layers: t.num_layers,
             heads: t.num_attention_heads,
             n_img: g * g,
             n_txt: self.cfg.text.max_len,
             hidden: t.inner_dim(),
-            qkv_layers: qkv.len(),
-            i2t: opts.i2t,
-            t2i: opts.t2i,
-            row_share: opts.row_share,
-            value_norm: opts.value_norm,
-        };
-        Ok((keep, plan(&size, opts.max_memory)?))
+        }
     }
 
     /// Captures the prompt's attention at the kept steps. `on_step(done, total)` reports
@@ -211,24 +98,14 @@ impl EmbeddedModel {
         mut on_step: impl FnMut(usize, usize, Option<&Tensor>) -> bool,
     ) -> Result<ProbeCapture> {
         let t0 = Instant::now();
-        let (keep, memory) = self.probe_plan(opts)?;
+        let (keep, qkv, memory) = plan_probe(opts, self.probe_dims())?;
         let tokens = self.tokenize(prompt)?;
         let sched = FlowMatchEuler {
             shift: self.cfg.shift,
             ..Default::default()
         }
         .schedule(opts.steps)?;
-        let mut qkv = opts.qkv_layers.clone();
-        qkv.sort_unstable();
-        qkv.dedup();
-        let spec = CaptureSpec {
-            i2t: opts.i2t,
-            t2i: opts.t2i,
-            row_share: opts.row_share,
-            value_norm: opts.value_norm,
-            qkv_layers: qkv.clone(),
-            ..Default::default()
-        };
+        let spec = opts.capture_spec(&qkv);
         let size = self.cfg.image_size;
         let dev = self.device().clone();
         let mut tensors: Vec<(String, Tensor)> = vec![];
@@ -293,48 +170,30 @@ impl EmbeddedModel {
         };
         let (token_infos, words) = token_table(&tokens);
         let t = &self.cfg.transformer;
-        let summary = ProbeSummary {
-            format: crate::probe::summary::FORMAT.into(),
-            mode,
-            prompt: prompt.to_string(),
-            seed: opts.seed,
-            steps: opts.steps,
-            guidance: matches!(mode, ProbeMode::Generate).then_some(opts.guidance),
-            branch: match mode {
-                ProbeMode::Generate => {
-                    "the prompt's (conditional) forward of the CFG pair at each kept step".into()
-                }
-                ProbeMode::Image => "one forward with the prompt per kept step".into(),
+        let summary = probe_summary(
+            opts,
+            SummaryParts {
+                mode,
+                prompt: prompt.to_string(),
+                dims: self.probe_dims(),
+                head_dim: t.attention_head_dim,
+                patch_size: t.patch_size,
+                grid,
+                tokens: token_infos,
+                words,
+                kept_steps: keep
+                    .iter()
+                    .map(|&i| StepInfo {
+                        index: i,
+                        sigma: sched.sigmas[i],
+                        timestep: sched.timesteps[i],
+                    })
+                    .collect(),
+                qkv_layers: qkv,
+                expert_layer: Some(self.cfg.expert_layer),
+                memory,
             },
-            layers: t.num_layers,
-            heads: t.num_attention_heads,
-            head_dim: t.attention_head_dim,
-            hidden: t.inner_dim(),
-            n_img: grid.0 * grid.1,
-            n_txt: tokens.ids.len(),
-            grid: [grid.0, grid.1],
-            patch_size: t.patch_size,
-            tokens: token_infos,
-            words,
-            kept_steps: keep
-                .iter()
-                .map(|&i| StepInfo {
-                    index: i,
-                    sigma: sched.sigmas[i],
-                    timestep: sched.timesteps[i],
-                })
-                .collect(),
-            qkv_layers: qkv,
-            expert_layer: Some(self.cfg.expert_layer),
-            memory,
-            row_share_columns: ["i2i", "i2t", "t2i", "t2t"].map(String::from).to_vec(),
-            layout: "i2t [1,H,N,L] (image queries × text keys), t2i [1,H,L,N], row_share [1,H,4], \
-                     vnorm_img [1,H,N], vnorm_txt [1,H,L], q/k/v_img [1,N,D]; H = 1 for head means; \
-                     image tokens row-major over the patch grid"
-                .into(),
-            tensors: vec![],
-            seconds: 0.0,
-        };
+        );
         let mut cap = ProbeCapture {
             tensors,
             summary,
@@ -351,7 +210,7 @@ mod tests {
     use super::*;
     use crate::embedded::pipeline::GenerateOptions;
     use crate::embedded::test_model::tiny_model;
-    use crate::probe::{tensor_name, Feature, MapKind};
+    use crate::probe::{tensor_name, Feature, HeadStorage, MapKind, ProbeSummary};
 
     const PROMPT: &str = "a red circle on a striped background";
 

@@ -5,10 +5,11 @@
 use serde::Serialize;
 
 use super::model::EmbeddedModel;
-use super::pipeline::{GenerateOptions, SegmentOptions};
+use super::pipeline::GenerateOptions;
 use crate::error::{Error, Result};
 use crate::figure::{ImageGrid, Tile};
 use crate::perturb::BlurSpec;
+use crate::segment::SegmentOptions;
 use crate::shapes::{BACKGROUND_CLASS, SHAPES};
 
 /// Sweep settings.

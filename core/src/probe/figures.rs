@@ -17,7 +17,22 @@ fn token_label(cap: &ProbeCapture, token: usize) -> String {
         .tokens
         .get(token)
         .map_or("?", |t| t.string.as_str());
-    format!("{token}: {s}")
+    format!("{token}: {}", short_token(s))
+}
+
+/// A token string short enough for a tile caption: CLIP's end-of-word mark dropped, its long
+/// special tokens abbreviated, anything longer than 12 characters cut with an ellipsis.
+fn short_token(s: &str) -> String {
+    let s = match s {
+        "<|startoftext|>" => "<sot>",
+        "<|endoftext|>" => "<eot>",
+        s => s.strip_suffix("</w>").unwrap_or(s),
+    };
+    if s.chars().count() > 12 {
+        s.chars().take(11).chain(['…']).collect()
+    } else {
+        s.to_string()
+    }
 }
 
 fn map_tiles(maps: &[Vec<f32>], grid: [usize; 2]) -> Result<(Vec<Tile>, f32, f32)> {
@@ -166,4 +181,18 @@ pub fn pca_grid(
             .into(),
     );
     Ok(g)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn captions_are_short() {
+        assert_eq!(short_token("<|endoftext|>"), "<eot>");
+        assert_eq!(short_token("circle</w>"), "circle");
+        assert_eq!(short_token("▁ci"), "▁ci");
+        assert_eq!(short_token("background"), "background");
+        assert_eq!(short_token("backgrounds_xl"), "backgrounds…");
+    }
 }

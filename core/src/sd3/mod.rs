@@ -6,6 +6,8 @@ pub mod clip;
 pub mod parts;
 pub mod picture;
 pub mod pipeline;
+pub mod probe;
+pub mod segment;
 pub mod t5;
 pub mod text;
 pub mod tokenize;

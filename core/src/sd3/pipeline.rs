@@ -62,6 +62,18 @@ pub struct StepCapture {
     pub blocks: Vec<BlockCapture>,
 }
 
+/// One captured sampling step as the loop sees it: every batch item's blocks.
+#[derive(Debug, Clone, Copy)]
+pub struct CapturedStep<'a> {
+    pub step: usize,
+    pub sigma: f32,
+    pub timestep: f32,
+    /// `[B, …]` captures of each block (B = 2 under CFG: negative, then prompt).
+    pub blocks: &'a [BlockCapture],
+    /// The prompt's batch item.
+    pub item: usize,
+}
+
 /// A finished generation.
 #[derive(Debug, Clone)]
 pub struct Sd3Generated {
@@ -304,8 +316,44 @@ impl Sd3Pipeline {
         uncond: Option<&PromptEncoding>,
         noise: &Tensor,
         opts: &GenerateOptions,
-        mut on_step: impl FnMut(usize, usize, &Tensor) -> bool,
+        on_step: impl FnMut(usize, usize, &Tensor) -> bool,
     ) -> Result<Sd3Generated> {
+        let mut captures = vec![];
+        let (latents, schedule) = self.sample(cond, uncond, noise, opts, on_step, |c| {
+            captures.push(StepCapture {
+                step: c.step,
+                sigma: c.sigma,
+                timestep: c.timestep,
+                blocks: c
+                    .blocks
+                    .iter()
+                    .map(|b| keep_item(b, c.item))
+                    .collect::<Result<_>>()?,
+            });
+            Ok(())
+        })?;
+        Ok(Sd3Generated {
+            latents,
+            captures,
+            schedule,
+            tokens: cond.tokens.clone(),
+            truncated: cond.truncated.clone(),
+        })
+    }
+
+    /// The sampling loop of [`Self::generate_encoded`]: `on_capture` receives each captured
+    /// step's blocks for the whole batch with the prompt's item index (1 under CFG), so a caller
+    /// can reduce them (e.g. to head means) before the next step. Returns the final latents and
+    /// the schedule.
+    pub fn sample(
+        &self,
+        cond: &PromptEncoding,
+        uncond: Option<&PromptEncoding>,
+        noise: &Tensor,
+        opts: &GenerateOptions,
+        mut on_step: impl FnMut(usize, usize, &Tensor) -> bool,
+        mut on_capture: impl FnMut(CapturedStep<'_>) -> Result<()>,
+    ) -> Result<(Tensor, Schedule)> {
         let cfg = self.transformer.config();
         let c = cfg.in_channels;
         match noise.dims() {
@@ -359,7 +407,6 @@ impl Sd3Pipeline {
             )));
         }
         let mut x = noise.to_device(&dev)?.to_dtype(DType::F32)?;
-        let mut captures = vec![];
         let none = CaptureSpec::default();
         for i in 0..sched.steps() {
             if opts
@@ -394,30 +441,20 @@ impl Sd3Pipeline {
                 out.sample.clone()
             };
             if capture_here {
-                let item = usize::from(guided);
-                captures.push(StepCapture {
+                on_capture(CapturedStep {
                     step: i,
                     sigma: sched.sigmas[i],
                     timestep: t,
-                    blocks: out
-                        .blocks
-                        .iter()
-                        .map(|b| keep_item(b, item))
-                        .collect::<Result<_>>()?,
-                });
+                    blocks: &out.blocks,
+                    item: usize::from(guided),
+                })?;
             }
             x = sched.step(i, &x, &v)?;
             if !on_step(i + 1, sched.steps(), &x) {
                 return Err(Error::Input("cancelled".into()));
             }
         }
-        Ok(Sd3Generated {
-            latents: x,
-            captures,
-            schedule: sched,
-            tokens: cond.tokens.clone(),
-            truncated: cond.truncated.clone(),
-        })
+        Ok((x, sched))
     }
 
     fn check_encoding(&self, e: &PromptEncoding, what: &str) -> Result<()> {

@@ -252,6 +252,18 @@ impl TextEncoders {
         self.joint_dim
     }
 
+    /// CLIP-L's pieces of `text` without BOS/EOS (CLIP-G's tokenizer splits alike; only the
+    /// pad token differs).
+    pub fn clip_pieces(&self, text: &str) -> Result<Vec<u32>> {
+        let ids = self.tok_l.encode_full(text)?;
+        Ok(ids[1..ids.len() - 1].to_vec())
+    }
+
+    /// Text positions the CLIP encoders fill (77): position `i < 77` holds CLIP token `i`.
+    pub fn clip_length(&self) -> usize {
+        self.tok_l.max_length
+    }
+
     /// Width of `pooled`.
     pub fn pooled_dim(&self) -> usize {
         self.clip_l.pooled_size() + self.clip_g.pooled_size()

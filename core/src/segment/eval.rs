@@ -6,8 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::model::EmbeddedModel;
-use super::pipeline::SegmentOptions;
+use super::{segment_layers, segment_unsupervised, I2tSegmenter, SegmentOptions};
 use crate::error::{Error, Result};
 use crate::metrics::{Confusion, Dataset, SegScores, IGNORE_LABEL};
 
@@ -38,8 +37,8 @@ impl LayerScores {
 }
 
 /// Evaluates `layers` on a dataset; `on_image(done, total)` reports progress and may cancel.
-pub fn evaluate(
-    model: &EmbeddedModel,
+pub fn evaluate<M: I2tSegmenter + ?Sized>(
+    model: &M,
     data: &Dataset,
     layers: &[usize],
     opts: &SegmentOptions,
@@ -53,12 +52,9 @@ pub fn evaluate(
         )));
     }
     for c in data.classes() {
-        for w in c.split_whitespace() {
-            model
-                .tokenizer
-                .id(w)
-                .map_err(|e| Error::Input(format!("class `{c}` in classes.txt: {e}")))?;
-        }
+        model
+            .check_class(c)
+            .map_err(|e| Error::Input(format!("class `{c}` in classes.txt: {e}")))?;
     }
     let mut conf: Vec<Confusion> = layers
         .iter()
@@ -74,7 +70,7 @@ pub fn evaluate(
         }
         let names: Vec<String> = present.iter().map(|&c| data.classes()[c].clone()).collect();
         let (w, h) = (img.width() as usize, img.height() as usize);
-        let preds = model.segment_layers(img.as_raw(), w, h, &names, layers, opts)?;
+        let preds = segment_layers(model, img.as_raw(), w, h, &names, layers, opts)?;
         for (k, p) in preds.into_iter().enumerate() {
             let mapped: Vec<u8> = p
                 .iter()
@@ -100,8 +96,8 @@ pub fn evaluate(
 
 /// Evaluates unsupervised proposals on a dataset: per-image Hungarian matching (maximum
 /// overlap) between proposals and the classes present, TP/FP/FN summed over the dataset.
-pub fn evaluate_unsupervised(
-    model: &EmbeddedModel,
+pub fn evaluate_unsupervised<M: I2tSegmenter + ?Sized>(
+    model: &M,
     data: &Dataset,
     threshold: f32,
     opts: &SegmentOptions,
@@ -115,12 +111,12 @@ pub fn evaluate_unsupervised(
         )));
     }
     let mut acc = crate::metrics::UnsupervisedEval::new(data.num_classes()).map_err(m)?;
-    let mut layer = model.cfg.expert_layer;
+    let mut layer = opts.layer.unwrap_or(model.default_layer());
     for i in 0..data.len() {
         let img = data.load_image(i).map_err(m)?;
         let label = data.load_label(i).map_err(m)?;
         let (w, h) = (img.width() as usize, img.height() as usize);
-        let p = model.segment_unsupervised(img.as_raw(), w, h, threshold, opts)?;
+        let p = segment_unsupervised(model, img.as_raw(), w, h, threshold, opts)?;
         layer = p.layer;
         acc.add(&p.labels, &label.data).map_err(m)?;
         if !on_image(i + 1, data.len()) {
