@@ -469,6 +469,18 @@ pub struct GuiArgs {
     /// Token to select (a word of the prompt or a text position).
     #[arg(long)]
     pub token: Option<String>,
+    /// Head to select once the job is done (default: the mean over heads).
+    #[arg(long)]
+    pub head: Option<usize>,
+    /// Show T2I maps (the text token's attention over image keys) instead of I2T.
+    #[arg(long)]
+    pub t2i: bool,
+    /// Captured step to show, by its schedule index (default: the paper's step).
+    #[arg(long)]
+    pub step: Option<usize>,
+    /// Patch to click once the job is done, `COL,ROW` on the token grid: ranks the tokens there.
+    #[arg(long, value_name = "COL,ROW", value_delimiter = ',', num_args = 2)]
+    pub pixel: Option<Vec<usize>>,
     /// Centre view to show.
     #[arg(long, value_enum)]
     pub view: Option<ViewArg>,

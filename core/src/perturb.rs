@@ -134,6 +134,51 @@ impl I2tBlur {
     }
 }
 
+/// How a step's prediction is guided.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum Perturbation {
+    /// No perturbation.
+    #[default]
+    None,
+    /// The blur is applied in every forward (the image is regenerated under `Ã`).
+    Regenerate(BlurSpec),
+    /// Perturbed guidance with scale `scale`: the blur is applied only in an extra conditional
+    /// forward `v(x, c; Ã)`.
+    Guidance { blur: BlurSpec, scale: f64 },
+}
+
+impl Perturbation {
+    /// The perturbation that blur flags and a perturbed-guidance scale ask for.
+    pub fn from_flags(blur: Option<&BlurSpec>, perturb_guidance: Option<f64>) -> Result<Self> {
+        Ok(match (blur, perturb_guidance) {
+            (None, None) => Perturbation::None,
+            (None, Some(_)) => {
+                return Err(Error::Input(
+                    "perturbed guidance needs blur layers (--blur-i2t LAYERS)".into(),
+                ))
+            }
+            (Some(b), None) => Perturbation::Regenerate(b.clone()),
+            (Some(b), Some(scale)) if scale.is_finite() => Perturbation::Guidance {
+                blur: b.clone(),
+                scale,
+            },
+            (Some(_), Some(scale)) => {
+                return Err(Error::Input(format!(
+                    "perturbed-guidance scale must be finite, got {scale}"
+                )))
+            }
+        })
+    }
+
+    /// The blur every forward runs with (only for [`Perturbation::Regenerate`]).
+    pub fn every_forward(&self) -> Option<BlurSpec> {
+        match self {
+            Perturbation::Regenerate(b) => Some(b.clone()),
+            _ => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -108,7 +108,7 @@ fn generation_probe_names_labels_and_matches_the_sampler() {
                     ..Default::default()
                 },
                 capture_steps: Some(vec![1, 2]),
-                cancel: None,
+                ..Default::default()
             },
             |_, _, _| true,
         )
@@ -180,4 +180,47 @@ fn image_probe_matches_analysis_and_budget_keeps_head_means() {
     };
     let e = p.probe("circle", src, &bad, |_, _, _| true).unwrap_err();
     assert!(e.to_string().contains("step 28"), "{e}");
+}
+
+#[test]
+fn perturbed_guidance_adds_the_stated_term() {
+    use ditlens_core::perturb::{BlurSpec, Perturbation};
+    let p = pipeline();
+    let cond = p.encode_prompt("a red circle").unwrap();
+    let uncond = p.encode_prompt("").unwrap();
+    let noise = seeded_randn(&p.latent_shape(), 9, &Device::Cpu).unwrap();
+    let blur = BlurSpec {
+        layers: vec![0],
+        ..Default::default()
+    };
+    let one_step = |perturbation: Perturbation| {
+        let o = GenerateOptions {
+            steps: 1,
+            guidance: 4.0,
+            perturbation,
+            ..Default::default()
+        };
+        p.generate_encoded(&cond, Some(&uncond), &noise, &o, |_, _, _| true)
+            .unwrap()
+            .latents
+    };
+    let plain = one_step(Perturbation::None);
+    let guided = |s: f64| {
+        one_step(Perturbation::Guidance {
+            blur: blur.clone(),
+            scale: s,
+        })
+    };
+    // s = 0 is plain CFG; the added term is linear in s: x(2) − x(0) = 2·(x(1) − x(0)).
+    assert!(max_diff(&guided(0.0), &plain) < 1e-6);
+    let d1 = (guided(1.0) - &plain).unwrap();
+    let d2 = (guided(2.0) - &plain).unwrap();
+    assert!(max_diff(&d2, &(&d1 * 2.0).unwrap()) < 1e-5);
+    assert!(
+        max_diff(&d1, &d1.zeros_like().unwrap()) > 1e-5,
+        "the blur changes v"
+    );
+    // Regeneration blurs every forward: different from plain, and from perturbed guidance.
+    let regen = one_step(Perturbation::Regenerate(blur.clone()));
+    assert!(max_diff(&regen, &plain) > 1e-5);
 }

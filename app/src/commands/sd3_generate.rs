@@ -11,6 +11,7 @@ use candle_core::{Device, Tensor};
 use ditlens_core::embedded::model::seeded_randn;
 use ditlens_core::export::write_rgb_png;
 use ditlens_core::io::{read_safetensors, write_safetensors};
+use ditlens_core::perturb::Perturbation;
 use ditlens_core::sd3::text::PromptEncoding;
 use ditlens_core::sd3::{GenerateOptions, Sd3Pipeline};
 
@@ -97,9 +98,10 @@ fn given_embeddings(
 fn run(path: &Path, a: GenerateArgs) -> anyhow::Result<()> {
     anyhow::ensure!(a.steps > 0, "--steps must be at least 1");
     anyhow::ensure!(a.upscale >= 1, "--upscale must be at least 1");
-    if !a.blur.blur_i2t.is_empty() || a.perturb_guidance.is_some() {
-        bail!("--blur-i2t / --perturb-guidance are not supported on SD3 pipelines yet");
-    }
+    let perturbation = Perturbation::from_flags(
+        super::forward::blur_spec(&a.blur).as_ref(),
+        a.perturb_guidance,
+    )?;
     let dev = Device::Cpu;
     let dtype = a.dtype.dtype();
     let t0 = Instant::now();
@@ -125,6 +127,7 @@ fn run(path: &Path, a: GenerateArgs) -> anyhow::Result<()> {
     let opts = GenerateOptions {
         steps: a.steps,
         guidance: a.guidance,
+        perturbation,
         ..Default::default()
     };
     let pb = bar(a.steps, "generate");

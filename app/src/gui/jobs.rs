@@ -356,10 +356,15 @@ pub fn perturb(
     job: JobId,
     p: &PerturbJob,
 ) -> anyhow::Result<()> {
-    let ProbeModel::Embedded(model) = model else {
-        anyhow::bail!(
-            "the I2T perturbation runs on the embedded models only so far; switch to one in the Model menu"
-        );
+    let blur = BlurSpec {
+        layers: p.layers.clone(),
+        sigma: p.sigma,
+        kernel: p.kernel,
+        renorm: false,
+    };
+    let model = match model {
+        ProbeModel::Embedded(m) => m,
+        ProbeModel::Sd3(pipe) => return perturb_sd3(pipe, link, job, p, blur),
     };
     let g = &p.generate;
     let base = GenerateOptions {
@@ -370,12 +375,7 @@ pub fn perturb(
         perturb_guidance: None,
     };
     let blurred = GenerateOptions {
-        blur: Some(BlurSpec {
-            layers: p.layers.clone(),
-            sigma: p.sigma,
-            kernel: p.kernel,
-            renorm: false,
-        }),
+        blur: Some(blur),
         perturb_guidance: p.scale,
         ..base.clone()
     };
@@ -407,6 +407,62 @@ pub fn perturb(
         job,
         plain: pic(a.rgb, a.size),
         perturbed: pic(b.rgb, b.size),
+    });
+    Ok(())
+}
+
+/// [`perturb`] on an SD3 pipeline: the same seeded noise sampled twice, decoded by the VAE.
+fn perturb_sd3(
+    pipe: &ditlens_core::sd3::Sd3Pipeline,
+    link: &mut Link,
+    job: JobId,
+    p: &PerturbJob,
+    blur: BlurSpec,
+) -> anyhow::Result<()> {
+    use ditlens_core::perturb::Perturbation;
+    let g = &p.generate;
+    let noise = ditlens_core::embedded::model::seeded_randn(
+        &pipe.latent_shape(),
+        g.seed,
+        &candle_core::Device::Cpu,
+    )?;
+    let base = ditlens_core::sd3::GenerateOptions {
+        steps: g.steps,
+        guidance: g.guidance,
+        ..Default::default()
+    };
+    let blurred = ditlens_core::sd3::GenerateOptions {
+        perturbation: Perturbation::from_flags(Some(&blur), p.scale)?,
+        ..base.clone()
+    };
+    let total = 2 * g.steps;
+    let mut run = |opts: &ditlens_core::sd3::GenerateOptions, offset: usize| {
+        let out = pipe.generate(&g.prompt, "", &noise, opts, |done, _, _| {
+            link.emit(Event::Progress {
+                job,
+                done: offset + done,
+                total,
+                what: if offset == 0 {
+                    "unperturbed".into()
+                } else {
+                    "perturbed".into()
+                },
+            });
+            link.keep_going()
+        })?;
+        let pic = pipe.decode(&out.latents)?;
+        anyhow::Ok(Picture {
+            width: pic.width() as usize,
+            height: pic.height() as usize,
+            rgb: pic.into_raw(),
+        })
+    };
+    let plain = run(&base, 0)?;
+    let perturbed = run(&blurred, g.steps)?;
+    link.emit(Event::Perturbed {
+        job,
+        plain,
+        perturbed,
     });
     Ok(())
 }

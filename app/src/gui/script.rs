@@ -51,6 +51,12 @@ pub struct Script {
     pub start: Option<Start>,
     pub layer: Option<usize>,
     pub token: Option<String>,
+    pub head: Option<usize>,
+    pub t2i: bool,
+    /// Schedule index of the captured step to show.
+    pub step: Option<usize>,
+    /// Patch (column, row) to click.
+    pub pixel: Option<(usize, usize)>,
     pub view: Option<CentreView>,
     pub screenshot: Option<PathBuf>,
     /// Write everything into this folder once the jobs are done.
@@ -73,6 +79,10 @@ impl Default for Script {
             start: None,
             layer: None,
             token: None,
+            head: None,
+            t2i: false,
+            step: None,
+            pixel: None,
             view: None,
             screenshot: None,
             export_all: None,
@@ -216,6 +226,12 @@ impl ExplorerApp {
                 }
             }
         }
+        if let Err(e) = self.script_pick() {
+            self.toasts.error(e.clone());
+            if self.script.unattended() {
+                self.script.set_error(e);
+            }
+        }
         if let Some(v) = self.script.view {
             self.settings.centre = v;
         }
@@ -223,6 +239,47 @@ impl ExplorerApp {
             self.settings.show_grid = true;
             self.views.grid = Some(Arc::new(sd3_grid()));
         }
+    }
+
+    /// Applies `--head`, `--t2i`, `--step` and `--pixel`, each checked against the capture.
+    fn script_pick(&mut self) -> Result<(), String> {
+        let (_, heads) = self.session.dims();
+        if let Some(h) = self.script.head {
+            if h >= heads {
+                return Err(format!(
+                    "--head {h}: the model has heads 0..{}",
+                    heads.saturating_sub(1)
+                ));
+            }
+            self.session.selection.head = Some(h);
+        }
+        if self.script.t2i {
+            self.settings.t2i = true;
+        }
+        let Some(cap) = self.session.capture.clone() else {
+            return match (self.script.step, self.script.pixel) {
+                (None, None) => Ok(()),
+                _ => Err("--step / --pixel need a capture (generate or analyse first)".into()),
+            };
+        };
+        if let Some(s) = self.script.step {
+            let kept = &cap.summary.kept_steps;
+            let k = kept.iter().position(|k| k.index == s).ok_or_else(|| {
+                let list: Vec<String> = kept.iter().map(|k| k.index.to_string()).collect();
+                format!("--step {s} was not captured (kept: {})", list.join(", "))
+            })?;
+            self.session.selection.step = k;
+        }
+        if let Some((col, row)) = self.script.pixel {
+            let [rows, cols] = cap.summary.grid;
+            if col >= cols || row >= rows {
+                return Err(format!(
+                    "--pixel {col},{row}: the token grid is {cols} columns × {rows} rows"
+                ));
+            }
+            self.session.selection.patch = Some((col, row));
+        }
+        Ok(())
     }
 
     /// Starts the scripted perturbation (layers checked against the model).

@@ -16,20 +16,8 @@ use candle_core::Tensor;
 use crate::capture::CaptureSpec;
 use crate::error::Result;
 use crate::mmdit::{ForwardOptions, Mmdit, MmditOutput};
-use crate::perturb::BlurSpec;
 
-/// How a step's prediction is guided.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub enum Perturbation {
-    /// No perturbation.
-    #[default]
-    None,
-    /// The blur is applied in every forward (the image is regenerated under `Ã`).
-    Regenerate(BlurSpec),
-    /// Perturbed guidance with scale `scale`: the blur is applied only in an extra conditional
-    /// forward `v(x, c; Ã)`.
-    Guidance { blur: BlurSpec, scale: f64 },
-}
+pub use crate::perturb::Perturbation;
 
 /// A guided prediction and what the unperturbed `[cond, uncond]` forward captured.
 #[derive(Debug, Clone)]
@@ -59,10 +47,7 @@ pub fn guided_velocity(
     let ts = Tensor::new(&[t, t], dev)?;
     let fwd = ForwardOptions {
         capture: capture.clone(),
-        blur: match perturbation {
-            Perturbation::Regenerate(b) => Some(b.clone()),
-            _ => None,
-        },
+        blur: perturbation.every_forward(),
         ..Default::default()
     };
     let output = mmdit.forward(&xin, &ts, ctx, pooled, &fwd)?;
@@ -98,6 +83,7 @@ mod tests {
     use super::*;
     use crate::embedded::pipeline::GenerateOptions;
     use crate::embedded::test_model::tiny_model;
+    use crate::perturb::BlurSpec;
 
     fn blur(layer: usize) -> BlurSpec {
         BlurSpec {

@@ -41,24 +41,7 @@ impl Default for GenerateOptions {
 impl GenerateOptions {
     /// The perturbation these options ask for.
     pub fn perturbation(&self) -> Result<Perturbation> {
-        Ok(match (&self.blur, self.perturb_guidance) {
-            (None, None) => Perturbation::None,
-            (None, Some(_)) => {
-                return Err(Error::Input(
-                    "perturbed guidance needs blur layers (--blur-i2t LAYERS)".into(),
-                ))
-            }
-            (Some(b), None) => Perturbation::Regenerate(b.clone()),
-            (Some(b), Some(scale)) if scale.is_finite() => Perturbation::Guidance {
-                blur: b.clone(),
-                scale,
-            },
-            (Some(_), Some(scale)) => {
-                return Err(Error::Input(format!(
-                    "perturbed-guidance scale must be finite, got {scale}"
-                )))
-            }
-        })
+        Perturbation::from_flags(self.blur.as_ref(), self.perturb_guidance)
     }
 }
 

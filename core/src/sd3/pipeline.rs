@@ -21,6 +21,7 @@ use crate::capture::{BlockCapture, CaptureSpec};
 use crate::embedded::model::seeded_randn;
 use crate::error::{Error, Result};
 use crate::mmdit::{load_mmdit, ForwardOptions, Layout, Mmdit, MmditOutput, Variant};
+use crate::perturb::Perturbation;
 use crate::schedule::{noise_to, FlowMatchEuler, Schedule};
 
 /// Latent side SD3-family models are trained at (1024² pixels); a single file has no config,
@@ -39,6 +40,9 @@ pub struct GenerateOptions {
     pub capture_steps: Option<Vec<usize>>,
     /// Set from another thread to stop between steps (an error "cancelled").
     pub cancel: Option<Arc<AtomicBool>>,
+    /// I2T blur in every forward, or perturbed guidance `v + s·(v(x, c; A) − v(x, c; Ã))` on top
+    /// of the (guided) prediction, with `Ã` from one extra forward of the prompt alone.
+    pub perturbation: Perturbation,
 }
 
 impl Default for GenerateOptions {
@@ -49,6 +53,7 @@ impl Default for GenerateOptions {
             capture: CaptureSpec::default(),
             capture_steps: None,
             cancel: None,
+            perturbation: Perturbation::None,
         }
     }
 }
@@ -394,6 +399,10 @@ impl Sd3Pipeline {
         };
         let dev = self.transformer.device().clone();
         let (ctx, pooled) = (ctx.to_device(&dev)?, pooled.to_device(&dev)?);
+        let (cond_ctx, cond_pooled) = (
+            cond.prompt_embeds.to_device(&dev)?,
+            cond.pooled.to_device(&dev)?,
+        );
         let sched = self.scheduler.schedule(opts.steps)?;
         if let Some(bad) = opts
             .capture_steps
@@ -424,6 +433,7 @@ impl Sd3Pipeline {
                 } else {
                     none.clone()
                 },
+                blur: opts.perturbation.every_forward(),
                 ..Default::default()
             };
             let t = sched.timesteps[i];
@@ -433,13 +443,24 @@ impl Sd3Pipeline {
                 (x.clone(), Tensor::new(&[t], &dev)?)
             };
             let out = self.transformer.forward(&xin, &ts, &ctx, &pooled, &fwd)?;
-            let v = if guided {
+            let vc = out.sample.narrow(0, usize::from(guided), 1)?;
+            let mut v = if guided {
                 let vu = out.sample.narrow(0, 0, 1)?;
-                let vc = out.sample.narrow(0, 1, 1)?;
                 (&vu + ((&vc - &vu)? * opts.guidance)?)?
             } else {
-                out.sample.clone()
+                vc.clone()
             };
+            if let Perturbation::Guidance { blur, scale } = &opts.perturbation {
+                let fwd = ForwardOptions {
+                    blur: Some(blur.clone()),
+                    ..Default::default()
+                };
+                let vp = self
+                    .transformer
+                    .forward(&x, &Tensor::new(&[t], &dev)?, &cond_ctx, &cond_pooled, &fwd)?
+                    .sample;
+                v = (&v + ((&vc - &vp)? * *scale)?)?;
+            }
             if capture_here {
                 on_capture(CapturedStep {
                     step: i,

@@ -131,6 +131,7 @@ impl Sd3Pipeline {
                     capture: spec,
                     capture_steps: Some(keep.clone()),
                     cancel: None,
+                    perturbation: Default::default(),
                 };
                 let (latents, _) = self.sample(
                     &cond,
