@@ -479,8 +479,8 @@ pub struct GuiArgs {
     #[arg(long)]
     pub step: Option<usize>,
     /// Patch to click once the job is done, `COL,ROW` on the token grid: ranks the tokens there.
-    #[arg(long, value_name = "COL,ROW", value_delimiter = ',', num_args = 2)]
-    pub pixel: Option<Vec<usize>>,
+    #[arg(long, value_name = "COL,ROW")]
+    pub pixel: Option<String>,
     /// Centre view to show.
     #[arg(long, value_enum)]
     pub view: Option<ViewArg>,

@@ -81,7 +81,7 @@ pub fn plan(a: &GuiArgs) -> anyhow::Result<(Option<ModelSource>, Script)> {
         head: a.head,
         t2i: a.t2i,
         step: a.step,
-        pixel: a.pixel.as_deref().map(|p| (p[0], p[1])),
+        pixel: a.pixel.as_deref().map(parse_pixel).transpose()?,
         view: a.view.map(Into::into),
         screenshot: a.screenshot.clone(),
         export_all: a.export_all.clone(),
@@ -91,6 +91,16 @@ pub fn plan(a: &GuiArgs) -> anyhow::Result<(Option<ModelSource>, Script)> {
         ..Default::default()
     };
     Ok((model, script))
+}
+
+/// `COL,ROW` of `--pixel`.
+fn parse_pixel(s: &str) -> anyhow::Result<(usize, usize)> {
+    let bad = || anyhow::anyhow!("--pixel takes COL,ROW (two whole numbers), got `{s}`");
+    let (c, r) = s.split_once(',').ok_or_else(bad)?;
+    Ok((
+        c.trim().parse().map_err(|_| bad())?,
+        r.trim().parse().map_err(|_| bad())?,
+    ))
 }
 
 /// Opens the window and runs until it is closed; with `--screenshot` / `--bench-ui`, until the

@@ -20,6 +20,24 @@ fn layer_plot<'a>(id: &str, title: &str, ui: &mut egui::Ui) -> Plot<'a> {
         .allow_zoom(false)
         .allow_scroll(false)
         .x_axis_label("layer")
+        .x_grid_spacer(egui_plot::uniform_grid_spacer(|input| {
+            // Whole layers only: every layer while there are few, every 2nd/5th/10th beyond.
+            let span = input.bounds.1 - input.bounds.0;
+            let s = match span {
+                x if x <= 12.0 => 1.0,
+                x if x <= 24.0 => 2.0,
+                x if x <= 60.0 => 5.0,
+                _ => 10.0,
+            };
+            [s, s * 5.0, s * 10.0]
+        }))
+        .x_axis_formatter(|mark, _| {
+            if mark.value >= 0.0 && mark.value.fract() == 0.0 {
+                format!("{}", mark.value as i64)
+            } else {
+                String::new()
+            }
+        })
 }
 
 /// Shows a plot built by `build`, with the selected layer marked; returns a clicked layer.

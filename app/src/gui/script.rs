@@ -181,7 +181,7 @@ impl ExplorerApp {
             if self.script.unattended() && matches!(self.script.stage, Stage::Jobs | Stage::Export)
             {
                 self.script.set_error(e);
-                self.script.stage = Stage::Done;
+                self.script_stop();
             }
         }
     }
@@ -194,8 +194,21 @@ impl ExplorerApp {
             )
         {
             self.script.set_error(error);
-            self.script.stage = Stage::Done;
+            self.script_stop();
         }
+    }
+
+    /// After a failure: no further jobs, export or timing; the screenshot (when asked for) shows
+    /// the window with its error message, then the window closes.
+    fn script_stop(&mut self) {
+        self.script.perturb = None;
+        self.script.export_all = None;
+        self.script.bench = None;
+        self.script.stage = if self.script.screenshot.is_some() {
+            Stage::Settle(3)
+        } else {
+            Stage::Done
+        };
     }
 
     fn script_select(&mut self) {

@@ -71,14 +71,18 @@ impl Toasts {
                 .inner_margin(6.0)
                 .corner_radius(4.0)
                 .show(ui, |ui| {
-                    ui.horizontal(|ui| {
+                    ui.horizontal_top(|ui| {
                         if ui.small_button("✕").on_hover_text("dismiss").clicked() {
                             dismiss = Some(i);
                         }
                         let label = if t.error { "Error: " } else { "" };
-                        ui.label(
-                            egui::RichText::new(format!("{label}{}", t.text))
-                                .color(egui::Color32::WHITE),
+                        // Long messages (paths, library errors) wrap inside the strip.
+                        ui.add(
+                            egui::Label::new(
+                                egui::RichText::new(format!("{label}{}", t.text))
+                                    .color(egui::Color32::WHITE),
+                            )
+                            .wrap(),
                         );
                     });
                 });

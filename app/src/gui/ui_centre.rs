@@ -240,8 +240,9 @@ impl ExplorerApp {
                 ui.vertical(|ui| {
                     ui.set_max_width(side);
                     ui.label(format!(
-                        "unsupervised: {} proposals (threshold {:.3}, layer {})",
+                        "unsupervised: {} proposal{} (threshold {:.3}, layer {})",
                         pr.clusters.len(),
+                        if pr.clusters.len() == 1 { "" } else { "s" },
                         pr.threshold,
                         pr.layer
                     ));
