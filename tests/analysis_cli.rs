@@ -3,32 +3,19 @@
 //! `token-grid`, `generate --perturb-guidance` and `perturb-sweep`, with their values checked.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use candle_core::Device;
 use ditlens_core::embedded::{EmbeddedConfig, ToyConfig, TrainConfig, Trainer};
 use serde_json::Value;
 
-fn ditlens(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ditlens"))
-        .args(args)
-        .output()
-        .expect("run ditlens")
-}
+mod support;
+use support::*;
 
 fn ok(args: &[&str]) -> (String, String) {
     let o = ditlens(args);
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(o.status.success(), "{args:?}: {err}");
     (String::from_utf8_lossy(&o.stdout).into_owned(), err)
-}
-
-fn fails(args: &[&str], needle: &str) {
-    let o = ditlens(args);
-    let e = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success(), "{args:?} should fail");
-    assert!(!e.contains("panicked"), "{e}");
-    assert!(e.contains(needle), "`{needle}` not in {e}");
 }
 
 fn tiny_model(dir: &Path) -> PathBuf {
@@ -47,10 +34,6 @@ fn tiny_model(dir: &Path) -> PathBuf {
     let m = dir.join("model");
     t.save(&m).unwrap();
     m
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 fn json(p: &Path) -> Value {

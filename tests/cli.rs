@@ -3,19 +3,14 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use candle_core::{DType, Device, Tensor};
 
+mod support;
+use support::*;
+
 fn fx() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
-}
-
-fn ditlens(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ditlens"))
-        .args(args)
-        .output()
-        .expect("run ditlens")
 }
 
 fn load(p: &Path) -> HashMap<String, Tensor> {
@@ -24,24 +19,6 @@ fn load(p: &Path) -> HashMap<String, Tensor> {
 
 fn save(p: &Path, m: &HashMap<String, Tensor>) {
     candle_core::safetensors::save(m, p).unwrap();
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 /// Runs `forward` and checks every reference tensor the CLI contract includes.

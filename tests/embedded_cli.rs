@@ -3,35 +3,12 @@
 //! is measured by `ditlens eval`, not asserted here.)
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use candle_core::Device;
 use ditlens_core::embedded::{EmbeddedConfig, ToyConfig, TrainConfig, Trainer};
 
-fn ditlens(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ditlens"))
-        .args(args)
-        .output()
-        .expect("run ditlens")
-}
-
-fn ok(args: &[&str]) -> String {
-    let o = ditlens(args);
-    assert!(
-        o.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn err(args: &[&str], needle: &str) {
-    let o = ditlens(args);
-    let e = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success(), "{args:?} should fail");
-    assert!(!e.contains("panicked"), "{e}");
-    assert!(e.contains(needle), "`{needle}` not in {e}");
-}
+mod support;
+use support::*;
 
 /// A tiny model trained for a few steps, saved as a model folder.
 fn tiny_model(dir: &Path) -> PathBuf {
@@ -50,10 +27,6 @@ fn tiny_model(dir: &Path) -> PathBuf {
     let m = dir.join("model");
     t.save(&m).unwrap();
     m
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 #[test]
@@ -236,7 +209,7 @@ fn embedded_commands_fail_clearly() {
     let m = s(&model);
     let o = s(tmp.path());
     let out = tmp.path().join("x.png");
-    err(
+    fails(
         &[
             "generate",
             "--model",
@@ -250,7 +223,7 @@ fn embedded_commands_fail_clearly() {
     );
     let scene = tmp.path().join("scene.png");
     image::RgbImage::new(20, 12).save(&scene).unwrap();
-    err(
+    fails(
         &[
             "segment",
             "--model",
@@ -264,7 +237,7 @@ fn embedded_commands_fail_clearly() {
         ],
         "--classes is empty",
     );
-    err(
+    fails(
         &[
             "segment",
             "--model",
@@ -278,7 +251,7 @@ fn embedded_commands_fail_clearly() {
         ],
         "unknown word `tree`",
     );
-    err(
+    fails(
         &[
             "segment",
             "--model",
@@ -296,7 +269,7 @@ fn embedded_commands_fail_clearly() {
     );
     let bad = tmp.path().join("bad.png");
     std::fs::write(&bad, b"not an image").unwrap();
-    err(
+    fails(
         &[
             "segment",
             "--model",
@@ -310,7 +283,7 @@ fn embedded_commands_fail_clearly() {
         ],
         "cannot read image",
     );
-    err(
+    fails(
         &[
             "generate",
             "--model",
@@ -322,7 +295,7 @@ fn embedded_commands_fail_clearly() {
         ],
         "model.json",
     );
-    err(
+    fails(
         &[
             "eval",
             "--model",

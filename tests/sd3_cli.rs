@@ -2,40 +2,30 @@
 //! (`tests/fixtures/sd3_pipeline/`): outputs match diffusers 0.42.1 (atol 1e-4, f32), the token
 //! list is written, and a missing part is one clear error line.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 
-fn fx() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/sd3_pipeline")
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
+mod support;
+use support::*;
 
 #[test]
 fn encode_prompt_matches_diffusers() {
     let tmp = tempfile::tempdir().unwrap();
-    let exp =
-        candle_core::safetensors::load(fx().join("expected/embeds.safetensors"), &Device::Cpu)
-            .unwrap();
+    let exp = candle_core::safetensors::load(
+        sd3_fixture().join("expected/embeds.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
     for (model, case, extra) in [
-        (fx().join("pipeline"), "folder", vec![]),
-        (fx().join("single/model.safetensors"), "single", vec![]),
+        (sd3_fixture().join("pipeline"), "folder", vec![]),
         (
-            fx().join("pipeline"),
+            sd3_fixture().join("single/model.safetensors"),
+            "single",
+            vec![],
+        ),
+        (
+            sd3_fixture().join("pipeline"),
             "no_t5_msl32",
             vec!["--no-t5", "--max-sequence-length", "32"],
         ),

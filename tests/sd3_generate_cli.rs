@@ -3,42 +3,16 @@
 //! 2 CFG steps, final latents saved and compared with diffusers; and how `--model` is told apart.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use candle_core::{Device, Tensor};
 
-fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/sd3_pipeline")
-}
-
-fn ditlens(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ditlens"))
-        .args(args)
-        .output()
-        .expect("run ditlens")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn err(args: &[&str], needle: &str) {
-    let o = ditlens(args);
-    let e = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success(), "{args:?} should fail");
-    assert!(!e.contains("panicked"), "{e}");
-    assert!(e.contains(needle), "`{needle}` not in {e}");
-}
-
-fn tensor(path: &Path, name: &str) -> Tensor {
-    let mut m = candle_core::safetensors::load(path, &Device::Cpu).unwrap();
-    m.remove(name).unwrap()
-}
+mod support;
+use support::*;
 
 /// `--prompt-embeds` input: the embeddings diffusers used for `generate.safetensors` (cases
 /// `folder` = the run's prompt and `folder_empty` = "" of `embeds.safetensors`).
 fn embeddings_file(dir: &Path) -> PathBuf {
-    let exp = fixture().join("expected");
+    let exp = sd3_fixture().join("expected");
     let json = |f: &str| -> serde_json::Value {
         serde_json::from_str(&std::fs::read_to_string(exp.join(f)).unwrap()).unwrap()
     };
@@ -67,11 +41,11 @@ fn embeddings_file(dir: &Path) -> PathBuf {
 /// The bundled single file with the tiny VAE's and transformer's diffusers configs beside it.
 fn single_file_with_configs(dir: &Path) -> PathBuf {
     let file = dir.join("model.safetensors");
-    std::fs::copy(fixture().join("single/model.safetensors"), &file).unwrap();
+    std::fs::copy(sd3_fixture().join("single/model.safetensors"), &file).unwrap();
     for part in ["vae", "transformer"] {
         std::fs::create_dir_all(dir.join(part)).unwrap();
         std::fs::copy(
-            fixture().join(format!("pipeline/{part}/config.json")),
+            sd3_fixture().join(format!("pipeline/{part}/config.json")),
             dir.join(format!("{part}/config.json")),
         )
         .unwrap();
@@ -82,10 +56,10 @@ fn single_file_with_configs(dir: &Path) -> PathBuf {
 /// Runs the fixture's 2-step generation from its noise and compares the saved latents; the
 /// conditioning is the prompt's text (through the text encoders) or diffusers' embeddings.
 fn generate_matches(model: &Path, tmp: &Path, from_text: bool) {
-    let expected = fixture().join("expected/generate.safetensors");
+    let expected = sd3_fixture().join("expected/generate.safetensors");
     let emb = embeddings_file(tmp);
     let run: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixture().join("expected/generate.json")).unwrap(),
+        &std::fs::read_to_string(sd3_fixture().join("expected/generate.json")).unwrap(),
     )
     .unwrap();
     let prompt = run["prompt"].as_str().unwrap().to_string();
@@ -140,7 +114,7 @@ fn generate_matches(model: &Path, tmp: &Path, from_text: bool) {
 #[test]
 fn generate_from_given_noise_matches_diffusers() {
     let tmp = tempfile::tempdir().unwrap();
-    generate_matches(&fixture().join("pipeline"), tmp.path(), false);
+    generate_matches(&sd3_fixture().join("pipeline"), tmp.path(), false);
     let single = tmp.path().join("single");
     std::fs::create_dir_all(&single).unwrap();
     generate_matches(&single_file_with_configs(&single), tmp.path(), false);
@@ -151,7 +125,7 @@ fn generate_from_the_prompt_text_matches_diffusers() {
     // Tokenizers, CLIP-L/G and T5 encode the prompt and the empty negative prompt, then the
     // same 2 steps: the whole pipeline against diffusers' latents.
     let tmp = tempfile::tempdir().unwrap();
-    generate_matches(&fixture().join("pipeline"), tmp.path(), true);
+    generate_matches(&sd3_fixture().join("pipeline"), tmp.path(), true);
 }
 
 #[test]
@@ -159,7 +133,7 @@ fn model_paths_are_told_apart() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("o.png");
     // A folder that is neither kind.
-    err(
+    fails(
         &[
             "generate",
             "--model",
@@ -174,7 +148,7 @@ fn model_paths_are_told_apart() {
     // A file that is not safetensors.
     let txt = tmp.path().join("weights.bin");
     std::fs::write(&txt, b"x").unwrap();
-    err(
+    fails(
         &[
             "generate",
             "--model",
@@ -187,8 +161,8 @@ fn model_paths_are_told_apart() {
         "not a model",
     );
     // SD3-only flags on the embedded model.
-    let noise = fixture().join("expected/generate.safetensors");
-    err(
+    let noise = sd3_fixture().join("expected/generate.safetensors");
+    fails(
         &[
             "generate",
             "--prompt",
@@ -201,11 +175,11 @@ fn model_paths_are_told_apart() {
         "--init-noise is for SD3",
     );
     // An SD3 pipeline given to an embedded-only command.
-    err(
+    fails(
         &[
             "perturb-sweep",
             "--model",
-            s(&fixture().join("pipeline")),
+            s(&sd3_fixture().join("pipeline")),
             "--prompt",
             "a",
             "--out",
@@ -215,8 +189,8 @@ fn model_paths_are_told_apart() {
     );
     // Noise file without a `noise` tensor names the file and the tensor.
     let lat = tmp.path().join("l.safetensors");
-    let p = fixture().join("pipeline");
-    err(
+    let p = sd3_fixture().join("pipeline");
+    fails(
         &[
             "generate",
             "--model",
@@ -224,7 +198,7 @@ fn model_paths_are_told_apart() {
             "--prompt-embeds",
             s(&embeddings_file(tmp.path())),
             "--init-noise",
-            s(&fixture().join("expected/vae.safetensors")),
+            s(&sd3_fixture().join("expected/vae.safetensors")),
             "--steps",
             "1",
             "--save-latents",
@@ -238,10 +212,10 @@ fn model_paths_are_told_apart() {
 
 /// Latents of a 2-step generation from the fixture's noise with extra flags.
 fn latents_with(tmp: &Path, name: &str, extra: &[&str]) -> Tensor {
-    let noise = fixture().join("expected/generate.safetensors");
+    let noise = sd3_fixture().join("expected/generate.safetensors");
     let lat = tmp.join(format!("{name}.safetensors"));
     let png = tmp.join(format!("{name}.png"));
-    let model = fixture().join("pipeline");
+    let model = sd3_fixture().join("pipeline");
     let mut args = vec![
         "generate",
         "--model",
@@ -270,7 +244,7 @@ fn text_options_reach_generation() {
     // `generate --no-t5 --max-sequence-length 20` from the text equals generating from what
     // `encode-prompt` writes with the same options.
     let tmp = tempfile::tempdir().unwrap();
-    let model = fixture().join("pipeline");
+    let model = sd3_fixture().join("pipeline");
     let enc = |prompt: &str, out: &Path| {
         let o = ditlens(&[
             "encode-prompt",
@@ -327,7 +301,7 @@ fn text_options_reach_generation() {
         diff(&with_t5, &from_text) > 1e-4,
         "T5 on and off should not give the same latents"
     );
-    err(
+    fails(
         &[
             "generate",
             "--model",

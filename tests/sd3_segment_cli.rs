@@ -2,42 +2,9 @@
 //! (`tests/fixtures/sd3_pipeline/`), as a folder and as a bundled single file.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/sd3_pipeline")
-}
-
-fn ditlens(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ditlens"))
-        .args(args)
-        .output()
-        .expect("run ditlens")
-}
-
-fn ok(args: &[&str]) -> String {
-    let o = ditlens(args);
-    let e = String::from_utf8_lossy(&o.stderr).to_string();
-    assert!(o.status.success(), "{args:?} failed: {e}");
-    e + &String::from_utf8_lossy(&o.stdout)
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dst = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_tree(&e.path(), &dst);
-        } else {
-            std::fs::copy(e.path(), dst).unwrap();
-        }
-    }
-}
+mod support;
+use support::*;
 
 /// An odd-sized picture (not square, not the model's size).
 fn picture(dir: &Path) -> PathBuf {
@@ -103,14 +70,14 @@ fn segment_runs_on_a_pipeline_folder_and_a_single_file() {
     let tmp = tempfile::tempdir().unwrap();
     let a = tmp.path().join("a");
     std::fs::create_dir_all(&a).unwrap();
-    let folder = segment_with(&fixture().join("pipeline"), &a);
+    let folder = segment_with(&sd3_fixture().join("pipeline"), &a);
     // The bundled single file with its tokenizers beside it and the diffusers configs.
     let single = tmp.path().join("single");
-    copy_tree(&fixture().join("single"), &single);
+    copy_tree(&sd3_fixture().join("single"), &single);
     for part in ["vae", "transformer"] {
         std::fs::create_dir_all(single.join(part)).unwrap();
         std::fs::copy(
-            fixture().join(format!("pipeline/{part}/config.json")),
+            sd3_fixture().join(format!("pipeline/{part}/config.json")),
             single.join(format!("{part}/config.json")),
         )
         .unwrap();
@@ -141,7 +108,7 @@ fn eval_sweeps_sd3_blocks_and_bad_input_is_named() {
         "--size",
         "40",
     ]);
-    let model = fixture().join("pipeline");
+    let model = sd3_fixture().join("pipeline");
     let js = tmp.path().join("e.json");
     let log = ok(&[
         "eval",
@@ -221,7 +188,7 @@ fn eval_sweeps_sd3_blocks_and_bad_input_is_named() {
 #[test]
 fn probe_and_analyses_run_on_sd3() {
     let tmp = tempfile::tempdir().unwrap();
-    let model = fixture().join("pipeline");
+    let model = sd3_fixture().join("pipeline");
     let cap = tmp.path().join("cap.safetensors");
     let js = tmp.path().join("cap.json");
     let gen = tmp.path().join("gen.png");

@@ -11,26 +11,11 @@ use ditlens_core::capture::CaptureSpec;
 use ditlens_core::sd3::text::PromptEncoding;
 use ditlens_core::sd3::{GenerateOptions, PipelineParts, Sd3Pipeline, Vae};
 
-fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/sd3_pipeline")
-}
+mod support;
+use support::*;
 
 fn read(path: &Path) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(path, &Device::Cpu).unwrap()
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 fn assert_close(what: &str, got: &Tensor, want: &Tensor, atol: f32) {
@@ -40,7 +25,7 @@ fn assert_close(what: &str, got: &Tensor, want: &Tensor, atol: f32) {
 }
 
 fn check_vae(vae: &Vae, form: &str) {
-    let e = read(&fixture().join("expected/vae.safetensors"));
+    let e = read(&sd3_fixture().join("expected/vae.safetensors"));
     let mean = vae.posterior_mean(&e["image"]).unwrap();
     assert_close(
         &format!("{form} posterior mean"),
@@ -56,7 +41,12 @@ fn check_vae(vae: &Vae, form: &str) {
 
 #[test]
 fn vae_folder_matches_diffusers() {
-    let vae = Vae::from_folder(&fixture().join("pipeline/vae"), &Device::Cpu, DType::F32).unwrap();
+    let vae = Vae::from_folder(
+        &sd3_fixture().join("pipeline/vae"),
+        &Device::Cpu,
+        DType::F32,
+    )
+    .unwrap();
     assert_eq!(vae.config().latent_channels, 16);
     assert_eq!(vae.config().shift(), 0.0609);
     assert_eq!(vae.config().scaling_factor, 1.5305);
@@ -76,7 +66,7 @@ fn vae_single_file_matches_diffusers() {
 /// The prompt's and the empty negative prompt's embeddings diffusers used for
 /// `generate.safetensors` (the folder pipeline's, max_sequence_length 77), from `embeds.safetensors`.
 fn recorded_embeddings() -> (PromptEncoding, PromptEncoding) {
-    let dir = fixture().join("expected");
+    let dir = sd3_fixture().join("expected");
     let run: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("generate.json")).unwrap()).unwrap();
     let cases: serde_json::Value =
@@ -113,11 +103,11 @@ fn recorded_embeddings() -> (PromptEncoding, PromptEncoding) {
 /// transformer beside it (the tiny fixture's group and head counts cannot be read from shapes).
 fn single_file_with_configs(tmp: &Path) -> PathBuf {
     let file = tmp.join("model.safetensors");
-    std::fs::copy(fixture().join("single/model.safetensors"), &file).unwrap();
+    std::fs::copy(sd3_fixture().join("single/model.safetensors"), &file).unwrap();
     for part in ["vae", "transformer"] {
         std::fs::create_dir_all(tmp.join(part)).unwrap();
         std::fs::copy(
-            fixture().join(format!("pipeline/{part}/config.json")),
+            sd3_fixture().join(format!("pipeline/{part}/config.json")),
             tmp.join(format!("{part}/config.json")),
         )
         .unwrap();
@@ -127,7 +117,7 @@ fn single_file_with_configs(tmp: &Path) -> PathBuf {
 
 fn generate_from(path: &Path, form: &str) {
     let p = Sd3Pipeline::open_without_text(path, &Device::Cpu, DType::F32).unwrap();
-    let g = read(&fixture().join("expected/generate.safetensors"));
+    let g = read(&sd3_fixture().join("expected/generate.safetensors"));
     let (cond, uncond) = recorded_embeddings();
     let opts = GenerateOptions {
         steps: 2,
@@ -156,14 +146,14 @@ fn generate_from(path: &Path, form: &str) {
 fn single_file_without_vae_config_says_what_to_add() {
     // The fixture's VAE has 4 groups; without a config SD3's 32 are assumed and cannot divide
     // its 4-channel blocks.
-    let parts = PipelineParts::locate(&fixture().join("single/model.safetensors")).unwrap();
+    let parts = PipelineParts::locate(&sd3_fixture().join("single/model.safetensors")).unwrap();
     let e = err_of(Vae::open(&parts, &Device::Cpu, DType::F32));
     assert!(e.contains("norm_num_groups") && e.contains("vae/"), "{e}");
 }
 
 #[test]
 fn two_step_cfg_generation_matches_diffusers_folder() {
-    generate_from(&fixture().join("pipeline"), "folder");
+    generate_from(&sd3_fixture().join("pipeline"), "folder");
 }
 
 #[test]
@@ -174,9 +164,10 @@ fn two_step_cfg_generation_matches_diffusers_single_file() {
 
 #[test]
 fn generation_captures_the_prompt_branch_and_cancels() {
-    let p = Sd3Pipeline::open_without_text(&fixture().join("pipeline"), &Device::Cpu, DType::F32)
-        .unwrap();
-    let g = read(&fixture().join("expected/generate.safetensors"));
+    let p =
+        Sd3Pipeline::open_without_text(&sd3_fixture().join("pipeline"), &Device::Cpu, DType::F32)
+            .unwrap();
+    let g = read(&sd3_fixture().join("expected/generate.safetensors"));
     let (cond, uncond) = recorded_embeddings();
     let opts = GenerateOptions {
         steps: 2,
@@ -255,20 +246,6 @@ fn generation_captures_the_prompt_branch_and_cancels() {
     assert!(e.to_string().contains("initial noise"), "{e}");
 }
 
-/// Copies a folder tree.
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dst = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_tree(&e.path(), &dst);
-        } else {
-            std::fs::copy(e.path(), dst).unwrap();
-        }
-    }
-}
-
 fn err_of<T>(r: ditlens_core::Result<T>) -> String {
     match r {
         Ok(_) => panic!("expected an error"),
@@ -280,7 +257,7 @@ fn err_of<T>(r: ditlens_core::Result<T>) -> String {
 fn missing_vae_folder_is_named() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("pipe");
-    copy_tree(&fixture().join("pipeline"), &root);
+    copy_tree(&sd3_fixture().join("pipeline"), &root);
     std::fs::remove_dir_all(root.join("vae")).unwrap();
     let e = err_of(Sd3Pipeline::open_without_text(
         &root,
@@ -294,7 +271,7 @@ fn missing_vae_folder_is_named() {
 fn missing_vae_tensor_is_named() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("vae");
-    copy_tree(&fixture().join("pipeline/vae"), &dir);
+    copy_tree(&sd3_fixture().join("pipeline/vae"), &dir);
     let file = dir.join("diffusion_pytorch_model.safetensors");
     let mut t = read(&file);
     let gone = "decoder.mid_block.attentions.0.to_k.weight";
@@ -308,11 +285,11 @@ fn missing_vae_tensor_is_named() {
 
     // The single file names the stored (LDM) key.
     let single = tmp.path().join("model.safetensors");
-    let mut t = read(&fixture().join("single/model.safetensors"));
+    let mut t = read(&sd3_fixture().join("single/model.safetensors"));
     let gone = "first_stage_model.encoder.down.1.block.0.conv2.weight";
     assert!(t.remove(gone).is_some());
     candle_core::safetensors::save(&t, &single).unwrap();
-    let cfg = fixture().join("pipeline/vae/config.json");
+    let cfg = sd3_fixture().join("pipeline/vae/config.json");
     let e = err_of(Vae::from_single_file(
         &single,
         "first_stage_model.",
@@ -336,7 +313,7 @@ fn missing_vae_tensor_is_named() {
 fn latent_channel_mismatch_is_named() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("pipe");
-    copy_tree(&fixture().join("pipeline"), &root);
+    copy_tree(&sd3_fixture().join("pipeline"), &root);
     // A self-consistent 4-channel VAE beside the 16-channel transformer.
     let file = root.join("vae/diffusion_pytorch_model.safetensors");
     let mut t = read(&file);
@@ -391,8 +368,9 @@ fn analyse(p: &Sd3Pipeline, img: &image::DynamicImage) -> ditlens_core::sd3::Ana
 
 #[test]
 fn analyse_image_takes_odd_sizes_and_alpha() {
-    let p = Sd3Pipeline::open_without_text(&fixture().join("pipeline"), &Device::Cpu, DType::F32)
-        .unwrap();
+    let p =
+        Sd3Pipeline::open_without_text(&sd3_fixture().join("pipeline"), &Device::Cpu, DType::F32)
+            .unwrap();
     let res = p.resolution();
     assert_eq!(res, p.latent_size * 8);
     // 37 × 23 RGBA with a varying alpha: centre-cropped to 23 × 23, alpha dropped.

@@ -3,11 +3,14 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use ditlens_core::capture::CaptureSpec;
 use ditlens_core::embedded::model::seeded_randn;
 use ditlens_core::probe::{tensor_name, HeadStorage, ProbeOptions, ProbeSource, TokenKind};
 use ditlens_core::sd3::{GenerateOptions, Sd3Pipeline, TextOptions};
+
+mod support;
+use support::*;
 
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/sd3_pipeline/pipeline")
@@ -15,20 +18,6 @@ fn fixture() -> PathBuf {
 
 fn pipeline() -> Sd3Pipeline {
     Sd3Pipeline::open(&fixture(), &Device::Cpu, DType::F32, TextOptions::default()).unwrap()
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 fn opts() -> ProbeOptions {

@@ -13,18 +13,17 @@ use ditlens_core::sd3::{
 };
 use ditlens_core::Error;
 
+mod support;
+use support::*;
+
 const ATOL: f32 = 1e-4;
 
-fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/sd3_pipeline")
-}
-
 fn pipeline_dir() -> PathBuf {
-    fixture().join("pipeline")
+    sd3_fixture().join("pipeline")
 }
 
 fn single_file() -> PathBuf {
-    fixture().join("single/model.safetensors")
+    sd3_fixture().join("single/model.safetensors")
 }
 
 fn read_json(p: &Path) -> serde_json::Value {
@@ -32,8 +31,11 @@ fn read_json(p: &Path) -> serde_json::Value {
 }
 
 fn expected() -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixture().join("expected/embeds.safetensors"), &Device::Cpu)
-        .expect("expected embeds")
+    candle_core::safetensors::load(
+        sd3_fixture().join("expected/embeds.safetensors"),
+        &Device::Cpu,
+    )
+    .expect("expected embeds")
 }
 
 fn open(path: &Path, msl: usize, use_t5: bool) -> Result<TextEncoders, Error> {
@@ -47,20 +49,6 @@ fn open(path: &Path, msl: usize, use_t5: bool) -> Result<TextEncoders, Error> {
             use_t5,
         },
     )
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims(), "shapes differ");
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 fn ids(v: &serde_json::Value) -> Vec<u32> {
@@ -79,22 +67,9 @@ fn strings(v: &serde_json::Value) -> Vec<String> {
         .collect()
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dst = to.join(e.file_name());
-        if e.path().is_dir() {
-            copy_dir(&e.path(), &dst);
-        } else {
-            std::fs::copy(e.path(), dst).unwrap();
-        }
-    }
-}
-
 #[test]
 fn clip_and_t5_token_ids_match_transformers() {
-    let toks = read_json(&fixture().join("expected/tokens.json"));
+    let toks = read_json(&sd3_fixture().join("expected/tokens.json"));
     let tl = ClipTokenizer::from_dir(&pipeline_dir().join("tokenizer")).unwrap();
     let tg = ClipTokenizer::from_dir(&pipeline_dir().join("tokenizer_2")).unwrap();
     let t5 = T5Tokenizer::from_dir(&pipeline_dir().join("tokenizer_3")).unwrap();
@@ -146,7 +121,7 @@ fn clip_and_t5_token_ids_match_transformers() {
 
 #[test]
 fn prompt_embeds_match_diffusers_for_every_case() {
-    let cases = read_json(&fixture().join("expected/embeds.json"));
+    let cases = read_json(&sd3_fixture().join("expected/embeds.json"));
     let exp = expected();
     for (case, c) in cases.as_object().unwrap() {
         let path = match c["model"].as_str().unwrap() {
@@ -161,8 +136,8 @@ fn prompt_embeds_match_diffusers_for_every_case() {
         let want_pooled = &exp[&format!("{case}.pooled_prompt_embeds")];
         assert_eq!(out.prompt_embeds.dims(), &[1, 77 + msl, 128], "{case}");
         assert_eq!(out.prompt_embeds.dtype(), DType::F32);
-        let d_pe = max_abs_diff(&out.prompt_embeds, want_pe);
-        let d_pooled = max_abs_diff(&out.pooled, want_pooled);
+        let d_pe = max_diff(&out.prompt_embeds, want_pe);
+        let d_pooled = max_diff(&out.pooled, want_pooled);
         eprintln!("{case}: max |Δ| prompt_embeds {d_pe:.2e}, pooled {d_pooled:.2e}");
         assert!(d_pe < ATOL, "{case}: prompt_embeds differ by {d_pe}");
         assert!(d_pooled < ATOL, "{case}: pooled differ by {d_pooled}");
@@ -181,7 +156,7 @@ fn prompt_embeds_match_diffusers_for_every_case() {
 
 #[test]
 fn long_prompt_is_truncated_and_said() {
-    let toks = read_json(&fixture().join("expected/tokens.json"));
+    let toks = read_json(&sd3_fixture().join("expected/tokens.json"));
     let long = toks["long"]["prompt"].as_str().unwrap();
     let clip_dropped = toks["long"]["clip_l"]["dropped"].as_str().unwrap();
     let enc = open(&pipeline_dir(), 16, true).unwrap();
@@ -208,13 +183,13 @@ fn single_file_uses_identity_projection_for_clip_l() {
     let single = &exp["single.pooled_prompt_embeds"];
     // CLIP-L half differs (identity vs the folder's projection), CLIP-G half is the same.
     assert!(
-        max_abs_diff(
+        max_diff(
             &folder.narrow(1, 0, 32).unwrap(),
             &single.narrow(1, 0, 32).unwrap()
         ) > 0.1
     );
     assert!(
-        max_abs_diff(
+        max_diff(
             &folder.narrow(1, 32, 64).unwrap(),
             &single.narrow(1, 32, 64).unwrap()
         ) < ATOL
@@ -226,7 +201,7 @@ fn single_file_uses_identity_projection_for_clip_l() {
         "text_encoders.clip_l.transformer."
     );
     // The folder holding only the single file (and its tokenizers) opens as that file.
-    let via_dir = PipelineParts::locate(&fixture().join("single")).unwrap();
+    let via_dir = PipelineParts::locate(&sd3_fixture().join("single")).unwrap();
     assert_eq!(via_dir.form, ditlens_core::sd3::ModelForm::SingleFile);
 }
 
@@ -234,7 +209,7 @@ fn single_file_uses_identity_projection_for_clip_l() {
 fn t5_less_pipeline_gives_zeros() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("pipe");
-    copy_dir(&pipeline_dir(), &dir);
+    copy_tree(&pipeline_dir(), &dir);
     std::fs::remove_dir_all(dir.join("text_encoder_3")).unwrap();
     std::fs::remove_dir_all(dir.join("tokenizer_3")).unwrap();
     let exp = expected();
@@ -245,10 +220,10 @@ fn t5_less_pipeline_gives_zeros() {
         assert_eq!(out.prompt_embeds.dims(), &[1, 77 + msl, 128]);
         let clip = out.prompt_embeds.narrow(1, 0, 77).unwrap();
         let want_clip = exp["folder.prompt_embeds"].narrow(1, 0, 77).unwrap();
-        assert!(max_abs_diff(&clip, &want_clip) < ATOL);
+        assert!(max_diff(&clip, &want_clip) < ATOL);
         let rest = out.prompt_embeds.narrow(1, 77, msl).unwrap();
-        assert_eq!(max_abs_diff(&rest, &rest.zeros_like().unwrap()), 0.0);
-        assert!(max_abs_diff(&out.pooled, &exp["folder.pooled_prompt_embeds"]) < ATOL);
+        assert_eq!(max_diff(&rest, &rest.zeros_like().unwrap()), 0.0);
+        assert!(max_diff(&out.pooled, &exp["folder.pooled_prompt_embeds"]) < ATOL);
     }
 }
 
@@ -280,7 +255,7 @@ fn odd_prompts_do_not_fail() {
 fn missing_text_encoder_2_is_named() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("pipe");
-    copy_dir(&pipeline_dir(), &dir);
+    copy_tree(&pipeline_dir(), &dir);
     std::fs::remove_dir_all(dir.join("text_encoder_2")).unwrap();
     let err = open(&dir, 77, true).err().expect("must fail").to_string();
     assert!(err.contains("text_encoder_2"), "{err}");
@@ -291,7 +266,7 @@ fn missing_text_encoder_2_is_named() {
 fn missing_tokenizer_is_named() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("pipe");
-    copy_dir(&pipeline_dir(), &dir);
+    copy_tree(&pipeline_dir(), &dir);
     std::fs::remove_dir_all(dir.join("tokenizer_3")).unwrap();
     let err = open(&dir, 77, true).err().expect("must fail").to_string();
     assert!(err.contains("tokenizer_3"), "{err}");
@@ -300,7 +275,7 @@ fn missing_tokenizer_is_named() {
 
     // An encoder folder whose weights are gone is not silently treated as absent.
     let dir3 = tmp.path().join("pipe3");
-    copy_dir(&pipeline_dir(), &dir3);
+    copy_tree(&pipeline_dir(), &dir3);
     std::fs::remove_file(dir3.join("text_encoder_3/model.safetensors")).unwrap();
     let err = open(&dir3, 77, true).err().expect("must fail").to_string();
     assert!(
@@ -323,7 +298,7 @@ fn missing_tokenizer_is_named() {
 fn corrupt_tokenizer_is_an_error() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("pipe");
-    copy_dir(&pipeline_dir(), &dir);
+    copy_tree(&pipeline_dir(), &dir);
     std::fs::write(dir.join("tokenizer/vocab.json"), b"{ not json").unwrap();
     let err = open(&dir, 77, true).err().expect("must fail");
     assert!(matches!(err, Error::Tokenizer { .. }), "{err}");
@@ -332,7 +307,7 @@ fn corrupt_tokenizer_is_an_error() {
     std::fs::write(dir.join("tokenizer/vocab.json"), b"{}").unwrap();
     assert!(open(&dir, 77, true).is_err());
 
-    copy_dir(&pipeline_dir().join("tokenizer"), &dir.join("tokenizer"));
+    copy_tree(&pipeline_dir().join("tokenizer"), &dir.join("tokenizer"));
     std::fs::write(dir.join("tokenizer_3/tokenizer.json"), b"garbage").unwrap();
     let err = open(&dir, 77, true).err().expect("must fail").to_string();
     assert!(err.contains("tokenizer.json"), "{err}");
@@ -342,10 +317,10 @@ fn corrupt_tokenizer_is_an_error() {
 fn mismatched_parts_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("pipe");
-    copy_dir(&pipeline_dir(), &dir);
+    copy_tree(&pipeline_dir(), &dir);
     // CLIP-L's weights where CLIP-G belongs: pooled 32 + 32 ≠ the transformer's 96.
     std::fs::remove_dir_all(dir.join("text_encoder_2")).unwrap();
-    copy_dir(
+    copy_tree(
         &pipeline_dir().join("text_encoder"),
         &dir.join("text_encoder_2"),
     );
@@ -354,7 +329,7 @@ fn mismatched_parts_are_refused() {
 
     // A config that disagrees with the weights: the tensor is named.
     let dir2 = tmp.path().join("pipe2");
-    copy_dir(&pipeline_dir(), &dir2);
+    copy_tree(&pipeline_dir(), &dir2);
     let cfg_path = dir2.join("text_encoder_2/config.json");
     let cfg = std::fs::read_to_string(&cfg_path)
         .unwrap()
