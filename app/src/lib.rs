@@ -3,5 +3,6 @@
 
 pub mod cli;
 pub mod commands;
+pub mod device;
 pub mod gui;
 pub mod models;

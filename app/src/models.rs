@@ -4,12 +4,14 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use ditlens_core::embedded::model::tensor_to_rgb;
 use ditlens_core::embedded::EmbeddedModel;
 use ditlens_core::probe::{ProbeCapture, ProbeOptions, ProbeSource};
 use ditlens_core::sd3::{Sd3Pipeline, TextOptions};
 use ditlens_core::segment::I2tSegmenter;
+
+use crate::device::compute_device;
 
 mod shipped {
     include!(concat!(env!("OUT_DIR"), "/embedded_models.rs"));
@@ -81,7 +83,7 @@ pub fn classify(path: &Path) -> anyhow::Result<ModelPath> {
 
 /// Opens `--model DIR` or the embedded model `name` (default `aligned`).
 pub fn open_embedded(model: Option<&Path>, name: Option<&str>) -> anyhow::Result<EmbeddedModel> {
-    let dev = Device::Cpu;
+    let dev = crate::device::compute_device()?;
     if let Some(dir) = model {
         if let ModelPath::Sd3(p) = classify(dir)? {
             bail!(
@@ -119,7 +121,7 @@ pub fn open_segmenter(
                 use_t5: t5,
                 ..Default::default()
             };
-            let pipe = Sd3Pipeline::open(&p, &Device::Cpu, dtype, text)
+            let pipe = Sd3Pipeline::open(&p, &compute_device()?, dtype, text)
                 .with_context(|| format!("loading {}", p.display()))?;
             return Ok(Box::new(pipe));
         }
@@ -138,8 +140,9 @@ impl ProbeModel {
     pub fn open(model: Option<&Path>, name: Option<&str>) -> anyhow::Result<Self> {
         if let Some(path) = model {
             if let ModelPath::Sd3(p) = classify(path)? {
-                let pipe = Sd3Pipeline::open(&p, &Device::Cpu, DType::F32, TextOptions::default())
-                    .with_context(|| format!("loading {}", p.display()))?;
+                let pipe =
+                    Sd3Pipeline::open(&p, &compute_device()?, DType::F32, TextOptions::default())
+                        .with_context(|| format!("loading {}", p.display()))?;
                 return Ok(Self::Sd3(Box::new(pipe)));
             }
         }

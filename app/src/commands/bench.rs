@@ -60,7 +60,7 @@ fn gib(b: Option<u64>) -> String {
 }
 
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
-    let dev = Device::Cpu;
+    let dev = crate::device::compute_device()?;
     let cfg = MmditConfig {
         sample_size: 128,
         patch_size: 2,

@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 
-use candle_core::Device;
 use ditlens_core::io::{write_atomic, write_safetensors};
 use ditlens_core::sd3::{ModelForm, PipelineParts, TextEncoders};
 use serde_json::json;
@@ -14,7 +13,12 @@ use crate::cli::EncodePromptArgs;
 pub fn encode_prompt(a: EncodePromptArgs) -> anyhow::Result<()> {
     let parts = PipelineParts::locate(&a.model)?;
     let opts = a.text.options();
-    let enc = TextEncoders::open(&parts, &Device::Cpu, a.dtype.dtype(), opts)?;
+    let enc = TextEncoders::open(
+        &parts,
+        &crate::device::compute_device()?,
+        a.dtype.dtype(),
+        opts,
+    )?;
     let out = enc.encode(&a.prompt)?;
     if let Some(t) = &out.truncated {
         eprintln!("warning: the prompt was truncated: {t}");

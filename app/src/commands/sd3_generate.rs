@@ -102,7 +102,7 @@ fn run(path: &Path, a: GenerateArgs) -> anyhow::Result<()> {
         super::forward::blur_spec(&a.blur).as_ref(),
         a.perturb_guidance,
     )?;
-    let dev = Device::Cpu;
+    let dev = crate::device::compute_device()?;
     let dtype = a.dtype.dtype();
     let t0 = Instant::now();
     let pipe = if a.prompt_embeds.is_some() {

@@ -502,7 +502,7 @@ impl Sd3Pipeline {
     /// any `w × h` picture → `[1, 3, S, S]` f32
     pub fn image_tensor(&self, img: &DynamicImage) -> Result<(Tensor, RgbImage)> {
         let pic = centre_square(img, self.resolution())?;
-        Ok((rgb_to_tensor(&pic, &Device::Cpu)?, pic))
+        Ok((rgb_to_tensor(&pic, self.transformer.device())?, pic))
     }
 
     /// One captured forward of a real picture with a prompt: centre-crop, resize, encode,

@@ -45,7 +45,7 @@ impl Sd3Pipeline {
         } else {
             image::imageops::resize(&img, s, s, FilterType::Lanczos3)
         };
-        rgb_to_tensor(&pic, &candle_core::Device::Cpu)
+        rgb_to_tensor(&pic, self.transformer.device())
     }
 }
 
