@@ -5,7 +5,6 @@ use std::io::Write;
 use std::time::Instant;
 
 use anyhow::Context;
-use candle_core::Device;
 use ditlens_core::embedded::{EmbeddedConfig, ToyConfig, TrainConfig, Trainer};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -66,7 +65,8 @@ fn config(a: &TrainArgs) -> anyhow::Result<ToyConfig> {
 }
 
 pub fn run(a: TrainArgs) -> anyhow::Result<()> {
-    let dev = Device::Cpu;
+    // A `cuda` build trains on the GPU when there is one (`DITLENS_DEVICE=cpu` keeps the CPU).
+    let dev = crate::device::compute_device()?;
     let mut trainer = match &a.resume {
         Some(dir) => {
             let mut t = Trainer::resume(dir, &dev)
