@@ -38,21 +38,23 @@ fn model_dir() -> &'static Path {
 }
 
 fn harness() -> Harness<'static, ExplorerApp> {
-    let dir = model_dir().to_path_buf();
-    let mut h = Harness::builder()
-        .with_size(egui::vec2(1280.0, 800.0))
-        .with_pixels_per_point(1.0)
-        .with_accessibility_check(false)
-        .wgpu()
-        .build_eframe(move |cc| {
-            ExplorerApp::new(cc, Script::default(), Some(ModelSource::Folder(dir)))
-        });
+    let mut h = window(ModelSource::Folder(model_dir().to_path_buf()));
     let s = &mut h.state_mut().settings;
     s.prompt = "a red circle".into();
     s.steps = 6;
     s.seed = 3;
     wait(&mut h, "the model", |a| a.session.model.is_some());
     h
+}
+
+/// The window at a fixed size and scale, opening `model`.
+fn window(model: ModelSource) -> Harness<'static, ExplorerApp> {
+    Harness::builder()
+        .with_size(egui::vec2(1280.0, 800.0))
+        .with_pixels_per_point(1.0)
+        .with_accessibility_check(false)
+        .wgpu()
+        .build_eframe(move |cc| ExplorerApp::new(cc, Script::default(), Some(model)))
 }
 
 /// Steps frames until `done` holds (the worker runs on its own thread meanwhile).
@@ -301,14 +303,7 @@ fn open_section(h: &mut Harness<'static, ExplorerApp>, name: &str) {
 fn sd3_pipeline_generates_and_analyses_in_the_window() {
     // The tiny random SD3 pipeline fixture (CLIP-L, CLIP-G, T5, VAE, 2 joint blocks).
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/sd3_pipeline/pipeline");
-    let mut h = Harness::builder()
-        .with_size(egui::vec2(1280.0, 800.0))
-        .with_pixels_per_point(1.0)
-        .with_accessibility_check(false)
-        .wgpu()
-        .build_eframe(move |cc| {
-            ExplorerApp::new(cc, Script::default(), Some(ModelSource::Folder(dir)))
-        });
+    let mut h = window(ModelSource::Folder(dir));
     {
         let s = &mut h.state_mut().settings;
         s.prompt = "a red circle".into();

@@ -1,7 +1,7 @@
 //! `probe` on the tiny SD3 pipeline fixture: tensor names and shapes, labelled text positions,
 //! the same maps as a plain generation or image analysis, and head means under a small budget.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use candle_core::{DType, Device};
 use ditlens_core::capture::CaptureSpec;
@@ -13,7 +13,7 @@ mod support;
 use support::*;
 
 fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/sd3_pipeline/pipeline")
+    sd3_fixture().join("pipeline")
 }
 
 fn pipeline() -> Sd3Pipeline {

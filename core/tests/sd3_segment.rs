@@ -2,17 +2,20 @@
 //! positions from CLIP's pieces, the same I2T maps as image analysis, labels = argmax of the
 //! class means, unsupervised proposals over the 77 CLIP positions, and bad input.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use candle_core::{DType, Device};
 use ditlens_core::capture::CaptureSpec;
 use ditlens_core::sd3::{ClipTokenizer, Sd3Pipeline, TextOptions};
+mod support;
+use support::*;
+
 use ditlens_core::segment::{
     segment, segment_layers, segment_unsupervised, I2tSegmenter, SegmentOptions,
 };
 
 fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/sd3_pipeline/pipeline")
+    sd3_fixture().join("pipeline")
 }
 
 fn pipeline() -> Sd3Pipeline {
@@ -106,16 +109,7 @@ fn segmentation_reads_the_maps_image_analysis_captures() {
             .get(0)
             .unwrap();
         assert_eq!(m.dims(), &[16, 77 + 77]);
-        let d = (m - &want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_diff(m, &want);
         assert!(d < 1e-6, "block {l}: max |Δ| {d}");
     }
 }

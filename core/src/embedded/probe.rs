@@ -12,10 +12,10 @@ use super::tokenizer::{Tokens, EOS};
 use crate::capture::{BlockCapture, CaptureSpec};
 use crate::error::{Error, Result};
 use crate::mmdit::ForwardOptions;
-use crate::probe::run::{probe_summary, SummaryParts};
+use crate::probe::run::{finish_capture, kept_step_infos, probe_summary, SummaryParts};
 use crate::probe::{
-    block_prefix, keep_item, plan_probe, ProbeCapture, ProbeDims, ProbeMode, StepInfo, TokenInfo,
-    TokenKind, WordInfo,
+    block_prefix, keep_item, plan_probe, ProbeCapture, ProbeDims, ProbeMode, TokenInfo, TokenKind,
+    WordInfo,
 };
 pub use crate::probe::{ProbeOptions, ProbeSource};
 use crate::schedule::{noise_to, FlowMatchEuler};
@@ -181,27 +181,13 @@ impl EmbeddedModel {
                 grid,
                 tokens: token_infos,
                 words,
-                kept_steps: keep
-                    .iter()
-                    .map(|&i| StepInfo {
-                        index: i,
-                        sigma: sched.sigmas[i],
-                        timestep: sched.timesteps[i],
-                    })
-                    .collect(),
+                kept_steps: kept_step_infos(&keep, &sched),
                 qkv_layers: qkv,
                 expert_layer: Some(self.cfg.expert_layer),
                 memory,
             },
         );
-        let mut cap = ProbeCapture {
-            tensors,
-            summary,
-            image,
-        };
-        cap.index_tensors();
-        cap.summary.seconds = t0.elapsed().as_secs_f64();
-        Ok(cap)
+        Ok(finish_capture(tensors, summary, image, t0))
     }
 }
 

@@ -219,3 +219,31 @@ pub fn probe_summary(opts: &ProbeOptions, p: SummaryParts) -> super::ProbeSummar
         seconds: 0.0,
     }
 }
+
+/// The summary's record of each kept step: its index, σ and model timestep.
+pub fn kept_step_infos(keep: &[usize], sched: &crate::schedule::Schedule) -> Vec<super::StepInfo> {
+    keep.iter()
+        .map(|&i| super::StepInfo {
+            index: i,
+            sigma: sched.sigmas[i],
+            timestep: sched.timesteps[i],
+        })
+        .collect()
+}
+
+/// The finished capture: tensors indexed into the summary, with the run's wall time.
+pub fn finish_capture(
+    tensors: Vec<(String, Tensor)>,
+    summary: super::ProbeSummary,
+    image: Option<(Vec<u8>, usize)>,
+    started: std::time::Instant,
+) -> super::ProbeCapture {
+    let mut cap = super::ProbeCapture {
+        tensors,
+        summary,
+        image,
+    };
+    cap.index_tensors();
+    cap.summary.seconds = started.elapsed().as_secs_f64();
+    cap
+}

@@ -13,10 +13,10 @@ use super::text::{TextEncoderKind, TokenInfo as Sd3Token};
 use crate::embedded::model::seeded_randn;
 use crate::error::{Error, Result};
 use crate::mmdit::ForwardOptions;
-use crate::probe::run::{probe_summary, SummaryParts};
+use crate::probe::run::{finish_capture, kept_step_infos, probe_summary, SummaryParts};
 use crate::probe::{
     block_prefix, keep_item, plan_probe, ProbeCapture, ProbeDims, ProbeMode, ProbeOptions,
-    ProbeSource, StepInfo, TokenInfo, TokenKind, WordInfo,
+    ProbeSource, TokenInfo, TokenKind, WordInfo,
 };
 use crate::schedule::noise_to;
 use crate::segment::I2tSegmenter;
@@ -187,26 +187,12 @@ impl Sd3Pipeline {
                 grid: (g, g),
                 tokens,
                 words,
-                kept_steps: keep
-                    .iter()
-                    .map(|&i| StepInfo {
-                        index: i,
-                        sigma: sched.sigmas[i],
-                        timestep: sched.timesteps[i],
-                    })
-                    .collect(),
+                kept_steps: kept_step_infos(&keep, &sched),
                 qkv_layers: qkv,
                 expert_layer: Some(I2tSegmenter::default_layer(self)),
                 memory,
             },
         );
-        let mut cap = ProbeCapture {
-            tensors,
-            summary,
-            image,
-        };
-        cap.index_tensors();
-        cap.summary.seconds = t0.elapsed().as_secs_f64();
-        Ok(cap)
+        Ok(finish_capture(tensors, summary, image, t0))
     }
 }
