@@ -383,17 +383,7 @@ pub fn perturb(
     let total = 2 * g.steps;
     let run = |opts: &GenerateOptions, offset: usize, link: &mut Link| {
         model.generate(&g.prompt, opts, |done, _, _| {
-            link.emit(Event::Progress {
-                job,
-                done: offset + done,
-                total,
-                what: if offset == 0 {
-                    "unperturbed".into()
-                } else {
-                    "perturbed".into()
-                },
-            });
-            link.keep_going()
+            perturb_progress(link, job, offset + done, total, offset > 0)
         })
     };
     let a = run(&base, 0, link)?;
@@ -409,6 +399,28 @@ pub fn perturb(
         perturbed: pic(b.rgb, b.size),
     });
     Ok(())
+}
+
+/// Reports a step of the perturbation experiment's two runs; `false` when cancelled.
+fn perturb_progress(
+    link: &mut Link,
+    job: JobId,
+    done: usize,
+    total: usize,
+    perturbed: bool,
+) -> bool {
+    link.emit(Event::Progress {
+        job,
+        done,
+        total,
+        what: if perturbed {
+            "perturbed"
+        } else {
+            "unperturbed"
+        }
+        .into(),
+    });
+    link.keep_going()
 }
 
 /// [`perturb`] on an SD3 pipeline: the same seeded noise sampled twice, decoded by the VAE.
@@ -438,17 +450,7 @@ fn perturb_sd3(
     let total = 2 * g.steps;
     let mut run = |opts: &ditlens_core::sd3::GenerateOptions, offset: usize| {
         let out = pipe.generate(&g.prompt, "", &noise, opts, |done, _, _| {
-            link.emit(Event::Progress {
-                job,
-                done: offset + done,
-                total,
-                what: if offset == 0 {
-                    "unperturbed".into()
-                } else {
-                    "perturbed".into()
-                },
-            });
-            link.keep_going()
+            perturb_progress(link, job, offset + done, total, offset > 0)
         })?;
         let pic = pipe.decode(&out.latents)?;
         anyhow::Ok(Picture {
