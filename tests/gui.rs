@@ -354,6 +354,24 @@ fn sd3_pipeline_generates_and_analyses_in_the_window() {
     assert!(a.session.proposals.is_some());
     assert!(a.toasts.errors().next().is_none(), "{:?}", a.toasts.items);
 
+    // A wide photo: SD3 analyses its centred square, and the window shows that square.
+    let wide = ditlens::gui::protocol::Picture {
+        rgb: (0..40 * 24)
+            .flat_map(|i| [(i % 40 * 6) as u8, (i / 40 * 10) as u8, 128])
+            .collect(),
+        width: 40,
+        height: 24,
+    };
+    h.state_mut().analyse(wide, None);
+    wait(&mut h, "the SD3 photo analysis", |a| {
+        a.session.segmentation.is_some() && a.running.is_empty()
+    });
+    let a = h.state();
+    let shown = a.session.picture.as_ref().expect("the picture");
+    assert_eq!((shown.width, shown.height), (24, 24));
+    let seg = a.session.segmentation.as_ref().expect("masks");
+    assert_eq!((seg.width, seg.height), (24, 24));
+
     // The I2T blur experiment: the same seed sampled with and without the blur at block 0.
     let job = ditlens::gui::protocol::PerturbJob {
         generate: ditlens::gui::protocol::GenerateJob {

@@ -269,6 +269,17 @@ impl ExplorerApp {
                 .error("type the class names to look for (comma separated) before analysing");
             return;
         }
+        let crop = self.session.model.as_ref().is_some_and(|m| m.centre_crop);
+        let picture = if crop && picture.width != picture.height {
+            let sq = picture.centre_square();
+            self.toasts.info(format!(
+                "this model analyses the centred {0}×{0} square of the {1}×{2} picture",
+                sq.width, picture.width, picture.height
+            ));
+            sq
+        } else {
+            picture
+        };
         self.session.set_picture(picture.clone());
         self.session.segmentation = None;
         self.session.proposals = None;

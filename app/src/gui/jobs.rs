@@ -41,6 +41,7 @@ pub fn open_model(src: &ModelSource) -> anyhow::Result<(ProbeModel, ModelInfo)> 
                 image_size: m.cfg.image_size,
                 text_len: m.cfg.text.max_len,
                 expert_layer: m.cfg.expert_layer,
+                centre_crop: false,
             }
         }
         ProbeModel::Sd3(p) => {
@@ -57,6 +58,7 @@ pub fn open_model(src: &ModelSource) -> anyhow::Result<(ProbeModel, ModelInfo)> 
                 image_size: p.resolution(),
                 text_len: 77 + t5,
                 expert_layer: model.expert_layer(),
+                centre_crop: true,
             }
         }
     };

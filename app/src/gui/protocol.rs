@@ -51,6 +51,30 @@ pub struct ModelInfo {
     pub image_size: usize,
     pub text_len: usize,
     pub expert_layer: usize,
+    /// The model analyses a picture's centred square (SD3's real-image analysis); the embedded
+    /// model squashes the whole picture instead.
+    pub centre_crop: bool,
+}
+
+impl Picture {
+    /// The largest centred square of the picture (itself when it is square).
+    pub fn centre_square(&self) -> Picture {
+        let m = self.width.min(self.height);
+        if self.width == self.height {
+            return self.clone();
+        }
+        let (x0, y0) = ((self.width - m) / 2, (self.height - m) / 2);
+        let mut rgb = Vec::with_capacity(m * m * 3);
+        for y in y0..y0 + m {
+            let row = (y * self.width + x0) * 3;
+            rgb.extend_from_slice(&self.rgb[row..row + m * 3]);
+        }
+        Picture {
+            rgb,
+            width: m,
+            height: m,
+        }
+    }
 }
 
 /// Settings of a generation.

@@ -92,3 +92,27 @@ fn colour_maps_cover_every_map_and_clamp() {
         colour(Colormap::Viridis, 0.0, 0.0, 1.0)
     );
 }
+
+#[test]
+fn centre_square_keeps_the_middle_columns_or_rows() {
+    use super::protocol::Picture;
+    // 4 × 2: pixel value = x + 10·y in every channel.
+    let wide = Picture {
+        rgb: (0..2)
+            .flat_map(|y| (0..4).flat_map(move |x| [x + 10 * y; 3]))
+            .collect(),
+        width: 4,
+        height: 2,
+    };
+    let sq = wide.centre_square();
+    assert_eq!((sq.width, sq.height), (2, 2));
+    let firsts: Vec<u8> = sq.rgb.chunks(3).map(|p| p[0]).collect();
+    assert_eq!(firsts, vec![1, 2, 11, 12]);
+    let tall = Picture {
+        rgb: (0..3).flat_map(|y| [y as u8 * 50; 3]).collect(),
+        width: 1,
+        height: 3,
+    };
+    assert_eq!(tall.centre_square().rgb, vec![50, 50, 50]);
+    assert_eq!(sq.centre_square(), sq);
+}
