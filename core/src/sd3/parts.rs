@@ -157,20 +157,11 @@ impl PipelineParts {
                 reason: "neither a diffusers pipeline folder (model_index.json, transformer/, text_encoder/ …) nor a folder holding one .safetensors file".into(),
             });
         }
-        let mut parts = PipelineParts {
-            path: root.to_path_buf(),
-            form: ModelForm::PipelineFolder,
-            transformer: None,
-            vae: None,
-            clip_l: None,
-            clip_g: None,
-            t5: None,
-            tokenizer_l: None,
-            tokenizer_g: None,
-            tokenizer_t5: None,
-            scheduler_config: None,
+        let mut parts = PipelineParts::empty(
+            root.to_path_buf(),
+            ModelForm::PipelineFolder,
             declared_absent,
-        };
+        );
         for part in Part::ALL {
             let dir = root.join(part.folder());
             let w = if dir.is_dir() {
@@ -198,12 +189,11 @@ impl PipelineParts {
         Ok(parts)
     }
 
-    fn single_file(given: &Path, file: &Path) -> Result<Self> {
-        let names = tensor_names(file)?;
-        let dir = file.parent().unwrap_or(Path::new(".")).to_path_buf();
-        let mut parts = PipelineParts {
-            path: given.to_path_buf(),
-            form: ModelForm::SingleFile,
+    /// Parts of `form` at `path` with nothing located yet.
+    fn empty(path: PathBuf, form: ModelForm, declared_absent: Vec<String>) -> Self {
+        PipelineParts {
+            path,
+            form,
             transformer: None,
             vae: None,
             clip_l: None,
@@ -213,8 +203,14 @@ impl PipelineParts {
             tokenizer_g: None,
             tokenizer_t5: None,
             scheduler_config: None,
-            declared_absent: vec![],
-        };
+            declared_absent,
+        }
+    }
+
+    fn single_file(given: &Path, file: &Path) -> Result<Self> {
+        let names = tensor_names(file)?;
+        let dir = file.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let mut parts = PipelineParts::empty(given.to_path_buf(), ModelForm::SingleFile, vec![]);
         let mut any = false;
         for part in Part::ALL {
             let prefix = part.single_file_prefix();
