@@ -200,6 +200,29 @@ fn generate_segment_eval_on_a_tiny_model() {
     let miou = e["miou"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&miou));
     assert_eq!(e["layers"][best]["miou"].as_f64().unwrap(), miou);
+    assert_eq!(e["step_index"], 20, "the paper's step by default");
+
+    // A later step of the schedule (less noise), as the σ sweep of the model cards uses.
+    let late = tmp.path().join("late.json");
+    ok(&[
+        "eval",
+        "--model",
+        s(&model),
+        "--dataset",
+        s(&data),
+        "--layer",
+        "0",
+        "--step-index",
+        "27",
+        "--json",
+        s(&late),
+    ]);
+    let l: serde_json::Value = serde_json::from_slice(&std::fs::read(&late).unwrap()).unwrap();
+    assert_eq!(
+        (l["step_index"].as_u64(), l["steps"].as_u64()),
+        (Some(27), Some(28))
+    );
+    assert_eq!(l["layer"], 0);
 }
 
 #[test]
@@ -304,5 +327,17 @@ fn embedded_commands_fail_clearly() {
             s(&tmp.path().join("none")),
         ],
         "none",
+    );
+    fails(
+        &[
+            "eval",
+            "--model",
+            m,
+            "--dataset",
+            s(&tmp.path().join("none")),
+            "--step-index",
+            "28",
+        ],
+        "not a step of a 28-step schedule",
     );
 }

@@ -205,6 +205,9 @@ pub struct TrainArgs {
     /// Weight of the mask-alignment loss (0 = plain flow matching).
     #[arg(long)]
     pub mask_align_weight: Option<f64>,
+    /// First step with the mask-alignment loss (flow matching only before it).
+    #[arg(long)]
+    pub mask_align_start: Option<usize>,
     /// Plain flow matching (no mask alignment), as the shipped plain model.
     #[arg(long)]
     pub plain: bool,
@@ -405,6 +408,11 @@ pub struct EvalArgs {
     pub threshold: f32,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Step index whose σ noises each image (of --steps).
+    #[arg(long, default_value_t = 20)]
+    pub step_index: usize,
+    #[arg(long, default_value_t = 28)]
+    pub steps: usize,
     #[arg(long)]
     pub json: Option<PathBuf>,
     /// SD3: also run T5 (Seg4Diff's evaluation disables it; only the 77 CLIP positions are read

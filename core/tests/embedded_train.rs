@@ -15,6 +15,7 @@ fn tiny(aligned: bool, batch: usize, steps: usize) -> ToyConfig {
             warmup: 5,
             mask_align_layer: aligned.then_some(1),
             mask_align_max_sigma: 1.0,
+            mask_align_start: 0,
             init: None,
             ..TrainConfig::default_toy(aligned)
         },
@@ -150,4 +151,21 @@ fn fine_tuning_starts_from_the_given_model_and_export_keeps_it() {
         Some(7)
     )
     .is_err());
+}
+
+#[test]
+fn mask_alignment_starts_at_its_step() {
+    let mut cfg = tiny(true, 4, 20);
+    cfg.train.mask_align_start = 2;
+    let mut t = Trainer::new(cfg, &Device::Cpu).unwrap();
+    let first = t.train_step().unwrap();
+    let second = t.train_step().unwrap();
+    let third = t.train_step().unwrap();
+    assert_eq!(first.align, 0.0, "no alignment before its start step");
+    assert_eq!(second.align, 0.0);
+    assert!(third.align > 0.0, "alignment from step 2 on");
+    assert!(
+        third.loss > third.mse,
+        "the alignment term adds to the loss"
+    );
 }

@@ -155,12 +155,20 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
         a.t5,
     )?;
     let model = model.as_ref();
+    anyhow::ensure!(
+        a.step_index < a.steps,
+        "--step-index {} is not a step of a {}-step schedule (0..{})",
+        a.step_index,
+        a.steps,
+        a.steps.saturating_sub(1)
+    );
     let data = Dataset::open(&a.dataset).map_err(|e| anyhow::anyhow!("{e}"))?;
     if a.unsupervised {
         let opts = SegmentOptions {
             layer: a.layer,
             seed: a.seed,
-            ..Default::default()
+            steps: a.steps,
+            step_index: a.step_index,
         };
         let pb = bar(data.len(), "eval");
         let s = evaluate_unsupervised(model, &data, a.threshold, &opts, |i, _| {
@@ -173,6 +181,7 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
             let v = json!({
                 "miou": s.miou, "pacc": s.pacc, "macc": s.macc, "per_class_iou": s.per_class_iou,
                 "layer": s.layer, "images": data.len(), "threshold": a.threshold,
+                "step_index": a.step_index, "steps": a.steps,
                 "protocol": "unsupervised: empty prompt, symmetric-KL merge, per-image Hungarian matching to the classes present, TP/FP/FN summed over the dataset",
             });
             write_atomic(p, serde_json::to_string_pretty(&v)?.as_bytes())?;
@@ -188,6 +197,8 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
     };
     let opts = SegmentOptions {
         seed: a.seed,
+        steps: a.steps,
+        step_index: a.step_index,
         ..Default::default()
     };
     let pb = bar(data.len(), "eval");
@@ -227,6 +238,7 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
         let mut v = json!({
             "miou": best.miou, "pacc": best.pacc, "macc": best.macc,
             "per_class_iou": best.per_class_iou, "layer": best.layer, "images": data.len(),
+            "step_index": a.step_index, "steps": a.steps,
             "protocol": "oracle class set (classes present in each label), one forward, head-mean I2T, argmax",
         });
         if a.layers.is_some() {

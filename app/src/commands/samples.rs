@@ -62,7 +62,9 @@ pub fn run(a: SamplesArgs) -> anyhow::Result<()> {
     })?;
     pb.finish();
     let cols = 4 * a.seeds.len();
-    grid_image(&images, model.cfg.image_size, cols, 4)
+    // Cells of about 128 px whatever the model's size.
+    let zoom = (128 / model.cfg.image_size).max(1);
+    grid_image(&images, model.cfg.image_size, cols, zoom)
         .save(&a.out)
         .with_context(|| format!("writing {}", a.out.display()))?;
     if let Some(j) = &a.json {

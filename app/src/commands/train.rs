@@ -44,6 +44,9 @@ fn config(a: &TrainArgs) -> anyhow::Result<ToyConfig> {
     if let Some(v) = a.mask_align_weight {
         t.mask_align_weight = v;
     }
+    if let Some(v) = a.mask_align_start {
+        t.mask_align_start = v;
+    }
     match a.init.as_deref() {
         Some("scratch") => t.init = None,
         Some(v) => t.init = Some(v.to_string()),

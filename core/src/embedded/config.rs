@@ -43,6 +43,10 @@ pub struct TrainConfig {
     /// Samples noised above this σ get no alignment loss (pure noise has nothing to segment).
     #[serde(default = "one")]
     pub mask_align_max_sigma: f64,
+    /// First step with the alignment loss: before it the run is flow matching only, so a run
+    /// from scratch can learn to draw before it learns to ground its words.
+    #[serde(default)]
+    pub mask_align_start: usize,
     /// Start from this model's weights (fine-tuning, as the paper fine-tunes SD3 with mask
     /// alignment): a model folder, or `embedded:plain` / `embedded:aligned`. `None` = from
     /// scratch.
@@ -169,6 +173,7 @@ impl TrainConfig {
             shuffle_prob: 0.3,
             word_dropout: 0.05,
             mask_align_max_sigma: 1.0,
+            mask_align_start: 0,
             init: None,
             caption_weights: caption_weights(),
         };

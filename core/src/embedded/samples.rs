@@ -83,10 +83,10 @@ pub fn sample_sheet(
     opts: &GenerateOptions,
     mut on_image: impl FnMut(usize, usize),
 ) -> Result<(SheetReport, Vec<Vec<u8>>)> {
-    if model.cfg.image_size != JUDGE_SIZE {
+    let size = model.cfg.image_size;
+    if size < JUDGE_SIZE || !size.is_multiple_of(JUDGE_SIZE) {
         return Err(Error::Input(format!(
-            "the shape judge reads {JUDGE_SIZE}² images; this model makes {}²",
-            model.cfg.image_size
+            "the shape judge reads {JUDGE_SIZE}² images; this model makes {size}², not a multiple"
         )));
     }
     let prompts = sheet_prompts();
@@ -102,7 +102,8 @@ pub fn sample_sheet(
                 },
                 |_, _, _| true,
             )?;
-            let judged = judge.classify(std::slice::from_ref(&g.rgb), model.device())?[0];
+            let small = box_downscale(&g.rgb, size, JUDGE_SIZE);
+            let judged = judge.classify(std::slice::from_ref(&small), model.device())?[0];
             let judged_name = judged.map_or("none", |s| s.name());
             let dom = dominant_colour(&g.rgb);
             samples.push(SampleScore {
@@ -134,6 +135,27 @@ pub fn sample_sheet(
     ))
 }
 
+/// Area-averages a square RGB image of side `size` to side `to` (`size` a multiple of `to`), as
+/// the renderer's antialiasing would draw the scene at `to`.
+pub fn box_downscale(rgb: &[u8], size: usize, to: usize) -> Vec<u8> {
+    let f = size / to;
+    let mut out = vec![0u8; to * to * 3];
+    for y in 0..to {
+        for x in 0..to {
+            for c in 0..3 {
+                let mut sum = 0u32;
+                for dy in 0..f {
+                    for dx in 0..f {
+                        sum += rgb[((y * f + dy) * size + x * f + dx) * 3 + c] as u32;
+                    }
+                }
+                out[(y * to + x) * 3 + c] = ((sum as f32 / (f * f) as f32).round()) as u8;
+            }
+        }
+    }
+    out
+}
+
 /// Lays square RGB images out in a grid, `cols` wide, each scaled by `zoom` (nearest), with
 /// a 2-pixel white gutter.
 pub fn grid_image(images: &[Vec<u8>], size: usize, cols: usize, zoom: usize) -> RgbImage {
@@ -162,6 +184,18 @@ pub fn grid_image(images: &[Vec<u8>], size: usize, cols: usize, zoom: usize) -> 
 mod tests {
     use super::*;
     use crate::shapes::{Scene, SceneConfig};
+
+    #[test]
+    fn box_downscale_averages_blocks() {
+        // 4×4 → 2×2: each output pixel is the mean of its 2×2 block, per channel.
+        let rgb: Vec<u8> = (0..16u8).flat_map(|i| [i * 10, 255 - i * 10, 7]).collect();
+        let out = box_downscale(&rgb, 4, 2);
+        // Top-left block holds pixels 0, 1, 4, 5: red mean (0+10+40+50)/4 = 25.
+        assert_eq!(&out[0..3], &[25, 230, 7]);
+        // Bottom-right block: pixels 10, 11, 14, 15 → (100+110+140+150)/4 = 125.
+        assert_eq!(&out[9..12], &[125, 130, 7]);
+        assert_eq!(box_downscale(&rgb, 4, 4), rgb);
+    }
 
     #[test]
     fn prompts_cover_the_vocabulary_evenly() {

@@ -448,9 +448,9 @@ impl Trainer {
                 .collect(),
             ..b
         };
-        let align_layer = tc
-            .mask_align_layer
-            .filter(|_| tc.mask_align_weight > 0.0 && !b.align.is_empty());
+        let align_layer = tc.mask_align_layer.filter(|_| {
+            tc.mask_align_weight > 0.0 && step >= tc.mask_align_start && !b.align.is_empty()
+        });
         let opts = ForwardOptions {
             capture: CaptureSpec {
                 i2t: align_layer.is_some(),
