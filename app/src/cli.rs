@@ -208,6 +208,9 @@ pub struct TrainArgs {
     /// First step with the mask-alignment loss (flow matching only before it).
     #[arg(long)]
     pub mask_align_start: Option<usize>,
+    /// Linear warm-up steps before the cosine decay (the recipe's by default).
+    #[arg(long)]
+    pub warmup: Option<usize>,
     /// Plain flow matching (no mask alignment), as the shipped plain model.
     #[arg(long)]
     pub plain: bool,

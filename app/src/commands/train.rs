@@ -47,6 +47,9 @@ fn config(a: &TrainArgs) -> anyhow::Result<ToyConfig> {
     if let Some(v) = a.mask_align_start {
         t.mask_align_start = v;
     }
+    if let Some(v) = a.warmup {
+        t.warmup = v;
+    }
     match a.init.as_deref() {
         Some("scratch") => t.init = None,
         Some(v) => t.init = Some(v.to_string()),
@@ -182,4 +185,49 @@ pub fn export(a: ExportModelArgs) -> anyhow::Result<()> {
         a.dtype
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::config;
+    use crate::cli::{Cli, Command};
+
+    fn train_config(args: &[&str]) -> anyhow::Result<ditlens_core::embedded::ToyConfig> {
+        let cli = Cli::try_parse_from(["ditlens", "train", "--out", "r"].iter().chain(args))?;
+        match cli.command {
+            Some(Command::Train(a)) => config(&a),
+            other => anyhow::bail!("parsed {other:?}"),
+        }
+    }
+
+    #[test]
+    fn command_line_overrides_the_recipe() {
+        let c = train_config(&[
+            "--plain",
+            "--init",
+            "runs/x",
+            "--steps",
+            "300",
+            "--lr",
+            "2e-4",
+            "--warmup",
+            "20",
+            "--mask-align-start",
+            "50",
+        ])
+        .unwrap();
+        let t = &c.train;
+        assert_eq!((t.steps, t.warmup, t.mask_align_start), (300, 20, 50));
+        assert_eq!(t.lr, 2e-4);
+        assert_eq!(t.init.as_deref(), Some("runs/x"));
+        assert_eq!(t.mask_align_layer, None, "--plain turns alignment off");
+        // The warm-up ends at step 20, so the fine-tune reaches its lr.
+        assert!((t.lr_at(19) - 2e-4).abs() < 1e-12);
+        // The shipped aligned recipe, untouched.
+        let d = train_config(&[]).unwrap().train;
+        assert_eq!((d.mask_align_layer, d.mask_align_start), (Some(3), 0));
+        assert!(train_config(&["--mask-align-layer", "6"]).is_err());
+    }
 }
