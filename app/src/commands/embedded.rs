@@ -163,13 +163,13 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
         a.steps.saturating_sub(1)
     );
     let data = Dataset::open(&a.dataset).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let opts = SegmentOptions {
+        layer: a.layer,
+        seed: a.seed,
+        steps: a.steps,
+        step_index: a.step_index,
+    };
     if a.unsupervised {
-        let opts = SegmentOptions {
-            layer: a.layer,
-            seed: a.seed,
-            steps: a.steps,
-            step_index: a.step_index,
-        };
         let pb = bar(data.len(), "eval");
         let s = evaluate_unsupervised(model, &data, a.threshold, &opts, |i, _| {
             pb.set_position(i as u64);
@@ -194,12 +194,6 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
         (Some(s), _) => anyhow::bail!("--layers takes `all`, got `{s}`"),
         (None, Some(l)) => vec![l],
         (None, None) => vec![model.default_layer()],
-    };
-    let opts = SegmentOptions {
-        seed: a.seed,
-        steps: a.steps,
-        step_index: a.step_index,
-        ..Default::default()
     };
     let pb = bar(data.len(), "eval");
     let scores = evaluate(model, &data, &layers, &opts, |i, _| {
