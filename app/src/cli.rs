@@ -224,9 +224,20 @@ pub struct TrainArgs {
     #[arg(long)]
     pub checkpoint_every: Option<usize>,
     /// Start from a model's weights: a model folder, `embedded:plain` or `embedded:aligned`;
-    /// `scratch` = random initialisation. Default: the recipe's (aligned: `embedded:plain`).
+    /// `scratch` = random initialisation. Default: the recipe's (both shipped recipes start from scratch).
     #[arg(long)]
     pub init: Option<String>,
+    /// Gradient engine: `cpu` (the hand-written CPU engine, the default on the CPU) or `candle`
+    /// (candle's autograd; the only one on CUDA). Both compute the same gradients.
+    #[arg(long, value_enum)]
+    pub engine: Option<EngineArg>,
+}
+
+/// `--engine` of `train`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EngineArg {
+    Cpu,
+    Candle,
 }
 
 #[derive(Debug, Args)]

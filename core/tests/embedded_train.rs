@@ -3,7 +3,9 @@
 //! config, and a checkpoint resumes exactly.
 
 use candle_core::Device;
-use ditlens_core::embedded::{EmbeddedConfig, EmbeddedModel, ToyConfig, TrainConfig, Trainer};
+use ditlens_core::embedded::{
+    EmbeddedConfig, EmbeddedModel, EngineKind, ToyConfig, TrainConfig, Trainer,
+};
 
 fn tiny(aligned: bool, batch: usize, steps: usize) -> ToyConfig {
     ToyConfig {
@@ -167,5 +169,105 @@ fn mask_alignment_starts_at_its_step() {
     assert!(
         third.loss > third.mse,
         "the alignment term adds to the loss"
+    );
+}
+
+/// A run of the tiny aligned config after a few candle steps (gates open, weights moved), saved
+/// and resumed under both engines.
+fn resumed_pair() -> (Trainer, Trainer, tempfile::TempDir) {
+    let mut t = Trainer::new(tiny(true, 4, 100), &Device::Cpu).unwrap();
+    t.set_engine(EngineKind::Candle).unwrap();
+    for _ in 0..4 {
+        t.train_step().unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    t.save(dir.path()).unwrap();
+    let cpu = Trainer::resume(dir.path(), &Device::Cpu).unwrap();
+    assert_eq!(
+        cpu.engine_kind(),
+        EngineKind::Cpu,
+        "the CPU engine is the default"
+    );
+    let mut cand = Trainer::resume(dir.path(), &Device::Cpu).unwrap();
+    cand.set_engine(EngineKind::Candle).unwrap();
+    (cpu, cand, dir)
+}
+
+#[test]
+fn cpu_engine_gradients_equal_candle_autograd() {
+    let (cpu, cand, _dir) = resumed_pair();
+    let (sa, ga) = cpu.gradients().unwrap();
+    let (sb, gb) = cand.gradients().unwrap();
+    assert!(sb.align > 0.0, "alignment is part of the checked loss");
+    assert!(
+        (sa.mse - sb.mse).abs() < 1e-5 * sb.mse.max(1.0),
+        "mse {} vs {}",
+        sa.mse,
+        sb.mse
+    );
+    assert!(
+        (sa.align - sb.align).abs() < 1e-4,
+        "align {} vs {}",
+        sa.align,
+        sb.align
+    );
+    let ga: std::collections::HashMap<_, _> = ga.into_iter().collect();
+    let mut worst = (0f32, String::new());
+    for (name, b) in &gb {
+        let a = ga
+            .get(name)
+            .unwrap_or_else(|| panic!("cpu engine lacks {name}"));
+        let b: Vec<f32> = b.flatten_all().unwrap().to_vec1().unwrap();
+        let a: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
+        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+        let err = a
+            .iter()
+            .zip(&b)
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
+            / scale;
+        assert!(
+            b.iter().any(|v| *v != 0.0),
+            "{name}: zero gradient under candle"
+        );
+        if err > worst.0 {
+            worst = (err, name.clone());
+        }
+    }
+    eprintln!(
+        "largest relative gradient difference {} at {}",
+        worst.0, worst.1
+    );
+    // Relative to each tensor's largest gradient: f32 sums taken in another order.
+    assert!(
+        worst.0 < 1e-3,
+        "largest relative gradient difference {} at {}",
+        worst.0,
+        worst.1
+    );
+}
+
+#[test]
+fn cpu_engine_steps_like_candle() {
+    let (mut cpu, mut cand, _dir) = resumed_pair();
+    for _ in 0..3 {
+        let (a, b) = (cpu.train_step().unwrap(), cand.train_step().unwrap());
+        assert!(
+            (a.loss - b.loss).abs() < 1e-3 * b.loss,
+            "{} vs {}",
+            a.loss,
+            b.loss
+        );
+    }
+    // The CPU engine's checkpoint resumes under candle and the other way round.
+    let d2 = tempfile::tempdir().unwrap();
+    cpu.save(d2.path()).unwrap();
+    let mut r = Trainer::resume(d2.path(), &Device::Cpu).unwrap();
+    let a = cpu.train_step().unwrap();
+    let b = r.train_step().unwrap();
+    assert!(
+        (a.loss - b.loss).abs() < 1e-6,
+        "resumed cpu step {} vs {}",
+        a.loss,
+        b.loss
     );
 }

@@ -5,10 +5,10 @@ use std::io::Write;
 use std::time::Instant;
 
 use anyhow::Context;
-use ditlens_core::embedded::{EmbeddedConfig, ToyConfig, TrainConfig, Trainer};
+use ditlens_core::embedded::{EmbeddedConfig, EngineKind, ToyConfig, TrainConfig, Trainer};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::cli::{ExportModelArgs, TrainArgs};
+use crate::cli::{EngineArg, ExportModelArgs, TrainArgs};
 
 /// The run's config: file or shipped recipe, with command-line overrides.
 fn config(a: &TrainArgs) -> anyhow::Result<ToyConfig> {
@@ -99,6 +99,12 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
             }
         }
     };
+    if let Some(e) = a.engine {
+        trainer.set_engine(match e {
+            EngineArg::Cpu => EngineKind::Cpu,
+            EngineArg::Candle => EngineKind::Candle,
+        })?;
+    }
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let total = trainer.config.train.steps;
     let every = trainer.config.train.checkpoint_every;
@@ -227,7 +233,7 @@ mod tests {
         assert!((t.lr_at(19) - 2e-4).abs() < 1e-12);
         // The shipped aligned recipe, untouched.
         let d = train_config(&[]).unwrap().train;
-        assert_eq!((d.mask_align_layer, d.mask_align_start), (Some(3), 0));
+        assert_eq!((d.mask_align_layer, d.mask_align_start), (Some(3), 200));
         assert!(train_config(&["--mask-align-layer", "6"]).is_err());
     }
 }

@@ -102,7 +102,9 @@ impl EmbeddedConfig {
                 heads: 4,
             },
             expert_layer: 3,
-            shift: 3.0,
+            // SD3's 3.0 is for 4096 latent tokens; its resolution rule (shift ∝ √tokens) gives
+            // about 1 for this 256-token grid.
+            shift: 1.0,
         }
     }
 
@@ -156,11 +158,11 @@ impl EmbeddedConfig {
 }
 
 impl TrainConfig {
-    /// The shipped recipes. Plain: flow matching from scratch. Aligned: the plain model
-    /// fine-tuned with flow matching plus mask alignment at block 3.
+    /// The shipped recipes, both from scratch. Plain: flow matching only. Aligned: flow
+    /// matching plus mask alignment at block 3 from step 200 on.
     pub fn default_toy(aligned: bool) -> Self {
         let plain = Self {
-            steps: 3000,
+            steps: 8000,
             batch: 16,
             lr: 1e-3,
             warmup: 500,
@@ -181,18 +183,16 @@ impl TrainConfig {
             return plain;
         }
         // Class lists are the captions that teach shape grounding (a sentence's shape word
-        // can be found by its colour alone), so the fine-tune sees them twice as often.
-        // A fine-tune at the plain recipe's peak lr (1e-3) wiped out generation (prompts
-        // ignored, noise-like images by step 1100); 2e-4 keeps it.
+        // can be found by its colour alone), so the aligned run sees them twice as often.
+        // Fine-tuning a plain model with alignment at lr 1e-3 wiped out generation; trained
+        // together from scratch the two losses share the model, at a lower peak lr.
         Self {
-            steps: 3000,
-            lr: 2e-4,
-            warmup: 100,
+            lr: 6e-4,
             seed: 20261123,
             mask_align_layer: Some(3),
             mask_align_weight: 1.0,
             mask_align_max_sigma: 0.7,
-            init: Some("embedded:plain".into()),
+            mask_align_start: 200,
             caption_weights: [0.25, 0.50, 0.15, 0.10],
             ..plain
         }

@@ -2,6 +2,7 @@
 //! text encoder, trained by the project on the shapes world.
 
 pub mod config;
+pub mod cpu_train;
 pub mod export;
 pub mod guidance;
 pub mod model;
@@ -22,4 +23,4 @@ pub use config::{EmbeddedConfig, ToyConfig, TrainConfig};
 pub use export::export_model;
 pub use model::EmbeddedModel;
 pub use tokenizer::{Tokens, WordTokenizer};
-pub use train::{StepStats, Trainer};
+pub use train::{EngineKind, StepStats, Trainer};

@@ -28,12 +28,16 @@ pub struct EmbeddedModel {
 
 /// Seeded standard-normal tensor (reproducible across machines, unlike the device RNG).
 pub fn seeded_randn(shape: &[usize], seed: u64, device: &Device) -> Result<Tensor> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let n: usize = shape.iter().product();
-    let v: Vec<f32> = (0..n)
+    Ok(Tensor::from_vec(seeded_randn_vec(n, seed), shape, device)?)
+}
+
+/// `n` seeded standard-normal values (the values of [`seeded_randn`]).
+pub fn seeded_randn_vec(n: usize, seed: u64) -> Vec<f32> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..n)
         .map(|_| rng.sample::<f32, _>(StandardNormal))
-        .collect();
-    Ok(Tensor::from_vec(v, shape, device)?)
+        .collect()
 }
 
 impl EmbeddedModel {

@@ -249,8 +249,15 @@ mod tests {
             .map(|t| (t.name.clone(), t.shape.clone()))
             .collect();
         assert_eq!(got, want);
-        // Kept steps carry the schedule's σ and timestep.
-        let sched = FlowMatchEuler::default().schedule(4).unwrap();
+        // Kept steps carry the schedule's σ and timestep, under the model's shift.
+        let shift = tiny_model().cfg.shift;
+        assert_eq!(shift, 1.0, "the toy config's shift");
+        let sched = FlowMatchEuler {
+            shift,
+            ..Default::default()
+        }
+        .schedule(4)
+        .unwrap();
         assert_eq!(s.kept_steps.len(), 2);
         for k in &s.kept_steps {
             assert_eq!(k.sigma, sched.sigmas[k.index]);

@@ -14,7 +14,8 @@ use rand_distr::StandardNormal;
 use serde::{Deserialize, Serialize};
 
 use super::config::{EmbeddedConfig, ToyConfig};
-use super::model::{rgb_to_tensor, EmbeddedModel};
+use super::cpu_train::{CpuEngine, FlatAdamW, Params, SampleIn};
+use super::model::{seeded_randn_vec, EmbeddedModel};
 use super::optim::AdamW;
 use crate::capture::CaptureSpec;
 use crate::error::{Error, Result};
@@ -39,16 +40,39 @@ pub struct TrainState {
     pub config: ToyConfig,
 }
 
-/// One training batch.
+/// One training batch, with its noise: plain values, shared by both engines.
 struct Batch {
-    x0: Tensor,
-    weight: Tensor,
+    /// `[B, 3, S, S]` clean images in [-1, 1].
+    x0: Vec<f32>,
+    /// `[B, S, S]` per-pixel loss weight.
+    weight: Vec<f32>,
+    /// `[B, 3, S, S]` noise and `[B]` noise levels.
+    eps: Vec<f32>,
+    sigma: Vec<f32>,
     tokens: Vec<super::tokenizer::Tokens>,
     /// (batch row, token position, target coverage on the token grid)
     align: Vec<(usize, usize, Vec<f32>)>,
     /// Per batch row: the segmentation classes its caption names (token positions of each
     /// class, e.g. the shape word and "background") and their coverage on the token grid.
     classes: Vec<Vec<(Vec<usize>, Vec<f32>)>>,
+}
+
+/// Which implementation computes the gradients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineKind {
+    /// candle's autograd through the model's own modules (any device).
+    Candle,
+    /// The hand-written CPU engine ([`super::cpu_train`]): the same numbers, several times faster.
+    Cpu,
+}
+
+/// The optimiser state of the engine in use.
+enum Engine {
+    Candle(AdamW),
+    Cpu {
+        engine: Box<CpuEngine>,
+        opt: FlatAdamW,
+    },
 }
 
 /// Deterministic seed for sample `i` of step `step`.
@@ -198,7 +222,7 @@ pub struct Trainer {
     transformer: VarMap,
     text: VarMap,
     model: EmbeddedModel,
-    opt: AdamW,
+    engine: Engine,
     pub step: usize,
     sampler: CaptionSampler,
     device: Device,
@@ -262,16 +286,20 @@ impl Trainer {
                 word_dropout: 0.0,
             },
         };
-        Ok(Self {
+        let mut t = Self {
             config,
             transformer,
             text,
             model,
-            opt,
+            engine: Engine::Candle(opt),
             step: 0,
             sampler,
             device: device.clone(),
-        })
+        };
+        if device.is_cpu() {
+            t.set_engine(EngineKind::Cpu)?;
+        }
+        Ok(t)
     }
 
     /// Resumes from a run folder written by [`Trainer::save`].
@@ -281,6 +309,8 @@ impl Trainer {
         let state: TrainState = serde_json::from_str(&text)
             .map_err(|e| Error::Config(format!("{}: {e}", p.display())))?;
         let mut t = Self::build(state.config, device, None)?;
+        let kind = t.engine_kind();
+        t.set_engine(EngineKind::Candle)?;
         let load = |vm: &mut VarMap, file: PathBuf| -> Result<()> {
             vm.load(&file)
                 .map_err(|e| Error::Input(format!("{}: {e}", file.display())))
@@ -291,9 +321,74 @@ impl Trainer {
         )?;
         load(&mut t.text, dir.join("text_encoder.safetensors"))?;
         let opt_state = crate::io::read_safetensors(&dir.join("optimizer.safetensors"), device)?;
-        t.opt.load_state(&opt_state, state.step)?;
+        if let Engine::Candle(opt) = &mut t.engine {
+            opt.load_state(&opt_state, state.step)?;
+        }
         t.step = state.step;
+        t.set_engine(kind)?;
         Ok(t)
+    }
+
+    /// The engine computing gradients.
+    pub fn engine_kind(&self) -> EngineKind {
+        match self.engine {
+            Engine::Candle(_) => EngineKind::Candle,
+            Engine::Cpu { .. } => EngineKind::Cpu,
+        }
+    }
+
+    /// Switches the engine, carrying the weights and the optimiser's moments over. The CPU
+    /// engine needs the CPU and a model without qk-norm or `attn2` (the embedded model's).
+    pub fn set_engine(&mut self, kind: EngineKind) -> Result<()> {
+        if kind == self.engine_kind() {
+            return Ok(());
+        }
+        let state = self.optimizer_state()?;
+        let step = match &self.engine {
+            Engine::Candle(o) => o.step,
+            Engine::Cpu { opt, .. } => opt.step,
+        };
+        match kind {
+            EngineKind::Candle => {
+                let vars = self.trainable()?;
+                let mut opt = AdamW::new(vars, self.config.train.weight_decay)?;
+                let state: HashMap<String, Tensor> = state.into_iter().collect();
+                opt.load_state(&state, step)?;
+                self.engine = Engine::Candle(opt);
+            }
+            EngineKind::Cpu => {
+                if !self.device.is_cpu() {
+                    return Err(Error::Config(
+                        "the CPU training engine runs on the CPU only".into(),
+                    ));
+                }
+                let layers = self.config.model.transformer.num_layers;
+                let params = Params::from_varmaps(
+                    &[("transformer.", &self.transformer), ("text.", &self.text)],
+                    |name| {
+                        name.strip_prefix("transformer.")
+                            .is_none_or(|n| !is_frozen(n, layers))
+                    },
+                )?;
+                let engine = Box::new(CpuEngine::new(params, &self.config.model)?);
+                let mut opt =
+                    FlatAdamW::new(engine.params.data.len(), self.config.train.weight_decay);
+                opt.step = step;
+                let state: HashMap<String, Tensor> = state.into_iter().collect();
+                for e in &engine.params.entries {
+                    for (key, buf) in [("m", &mut opt.m), ("v", &mut opt.v)] {
+                        if let Some(t) = state.get(&format!("{key}.{}", e.name)) {
+                            let v: Vec<f32> = t.flatten_all()?.to_vec1()?;
+                            if v.len() == e.len {
+                                buf[e.offset..e.offset + e.len].copy_from_slice(&v);
+                            }
+                        }
+                    }
+                }
+                self.engine = Engine::Cpu { engine, opt };
+            }
+        }
+        Ok(())
     }
 
     /// The model as trained so far (shares the variables).
@@ -301,14 +396,16 @@ impl Trainer {
         &self.model
     }
 
+    /// The current step's batch: scenes, captions, alignment targets, noise and noise levels.
     fn batch(&self, step: usize) -> Result<Batch> {
         let cfg = &self.config;
         let size = cfg.model.image_size;
         let patch = cfg.model.transformer.patch_size;
         let scene_cfg = SceneConfig::with_size(size);
-        let (mut xs, mut ws, mut tokens, mut align, mut classes) =
+        let bsz = cfg.train.batch;
+        let (mut x0, mut weight, mut tokens, mut align, mut classes) =
             (vec![], vec![], vec![], vec![], vec![]);
-        for i in 0..cfg.train.batch {
+        for i in 0..bsz {
             let seed = sample_seed(cfg.train.seed, step, i);
             let scene =
                 Scene::generate(&scene_cfg, seed).map_err(|e| Error::Input(e.to_string()))?;
@@ -320,19 +417,11 @@ impl Trainer {
             };
             let caption = sampler.sample(&scene, &mut rng);
             let tok = self.model.tokenize(&caption.text)?;
-            xs.push(rgb_to_tensor(&scene.rgb, size, &self.device)?);
-            let w: Vec<f32> = scene
-                .labels
-                .iter()
-                .map(|&c| {
-                    if c > 0 {
-                        1.0 + cfg.train.object_weight as f32
-                    } else {
-                        1.0
-                    }
-                })
-                .collect();
-            ws.push(Tensor::from_vec(w, (1, size, size), &self.device)?);
+            for c in 0..3 {
+                x0.extend(scene.rgb.chunks(3).map(|px| px[c] as f32 / 127.5 - 1.0));
+            }
+            let ow = 1.0 + cfg.train.object_weight as f32;
+            weight.extend(scene.labels.iter().map(|&c| if c > 0 { ow } else { 1.0 }));
             // Alignment targets: each naming word → union of the masks of the objects it names.
             let mut targets: HashMap<usize, Vec<bool>> = HashMap::new();
             for co in &caption.objects {
@@ -382,12 +471,39 @@ impl Trainer {
             classes.push(if groups.len() >= 2 { groups } else { vec![] });
             tokens.push(tok);
         }
+        let noise_seed = sample_seed(cfg.train.seed ^ 0xA5A5, step, 0);
+        let eps = seeded_randn_vec(bsz * 3 * size * size, noise_seed);
+        let sigma: Vec<f32> = seeded_randn_vec(bsz, noise_seed ^ 1)
+            .into_iter()
+            .map(|u| 1.0 / (1.0 + (-u).exp()))
+            .collect();
+        // Alignment only where the image is still visible through the noise.
+        let visible = |bi: usize| sigma[bi] as f64 <= cfg.train.mask_align_max_sigma;
+        let align = align
+            .into_iter()
+            .filter(|(bi, _, _)| visible(*bi))
+            .collect();
+        let classes = classes
+            .into_iter()
+            .enumerate()
+            .map(|(bi, g)| if visible(bi) { g } else { vec![] })
+            .collect();
         Ok(Batch {
-            x0: Tensor::stack(&xs, 0)?,
-            weight: Tensor::stack(&ws, 0)?,
+            x0,
+            weight,
+            eps,
+            sigma,
             tokens,
             align,
             classes,
+        })
+    }
+
+    /// The block whose maps are aligned at `step`, if alignment is on for this batch.
+    fn align_layer(&self, step: usize, b: &Batch) -> Option<usize> {
+        let tc = &self.config.train;
+        tc.mask_align_layer.filter(|_| {
+            tc.mask_align_weight > 0.0 && step >= tc.mask_align_start && !b.align.is_empty()
         })
     }
 
@@ -404,53 +520,225 @@ impl Trainer {
         Ok((focal + dice)?)
     }
 
-    /// One optimisation step.
-    pub fn train_step(&mut self) -> Result<StepStats> {
-        let (loss, mut stats) = self.loss()?;
-        let grads = loss.backward()?;
-        self.opt.step(&grads, stats.lr)?;
-        self.step += 1;
-        stats.step = self.step;
-        Ok(stats)
+    /// The mask-alignment loss (unweighted) from head-mean I2T maps `[B·L, N]` (row
+    /// `b·L + token`): focal + dice of each naming word's map, normalised by its maximum,
+    /// against its mask, plus the per-pixel cross-entropy of the class maps normalised over the
+    /// classes the caption names.
+    fn alignment_loss(&self, maps: &Tensor, b: &Batch) -> Result<Tensor> {
+        let dev = &self.device;
+        let bsz = b.tokens.len();
+        let (rows, n) = maps.dims2()?;
+        let lt = rows / bsz;
+        let idx: Vec<u32> = b
+            .align
+            .iter()
+            .map(|(bi, pos, _)| (bi * lt + pos) as u32)
+            .collect();
+        let sel = maps.index_select(&Tensor::new(idx, dev)?, 0)?;
+        let max = sel.max_keepdim(D::Minus1)?;
+        let p = sel.broadcast_div(&(max + 1e-12)?)?;
+        let y: Vec<f32> = b
+            .align
+            .iter()
+            .flat_map(|(_, _, t)| t.iter().copied())
+            .collect();
+        let y = Tensor::from_vec(y, (b.align.len(), n), dev)?;
+        let mut a = Self::focal_dice(&p, &y)?;
+        // Calibration across classes, as the argmax of segmentation needs: per-pixel
+        // cross-entropy of the class maps (mean over each class's tokens), normalised over
+        // the classes the caption names, against their coverage.
+        let per_sample = maps.reshape((bsz, lt, n))?;
+        let mut ce_terms = vec![];
+        for (bi, groups) in b.classes.iter().enumerate() {
+            if groups.is_empty() {
+                continue;
+            }
+            let mut agg = vec![0f32; lt * groups.len()];
+            let mut cover = vec![0f32; n * groups.len()];
+            for (c, (pos, cov)) in groups.iter().enumerate() {
+                for &p in pos {
+                    agg[p * groups.len() + c] = 1.0 / pos.len() as f32;
+                }
+                for (k, v) in cov.iter().enumerate() {
+                    cover[k * groups.len() + c] = *v;
+                }
+            }
+            let agg = Tensor::from_vec(agg, (lt, groups.len()), dev)?;
+            let y = Tensor::from_vec(cover, (n, groups.len()), dev)?;
+            let m = per_sample.get(bi)?.t()?.matmul(&agg)?; // [N, C]
+            let logm = (m + 1e-12)?.log()?;
+            let logz = logm.exp()?.sum_keepdim(D::Minus1)?.log()?;
+            let logq = logm.broadcast_sub(&logz)?;
+            let w = y.sum(D::Minus1)?.sum_all()?.to_scalar::<f32>()?.max(1e-6) as f64;
+            ce_terms.push(((y * logq)?.sum_all()? * (-1.0 / w))?);
+        }
+        if !ce_terms.is_empty() {
+            let count = ce_terms.len() as f64;
+            let ce = (Tensor::stack(&ce_terms, 0)?.sum_all()? / count)?;
+            a = (a + ce)?;
+        }
+        Ok(a)
     }
 
-    /// The loss of the current step's batch (a graph ready for `backward`) and its parts.
+    /// One optimisation step.
+    pub fn train_step(&mut self) -> Result<StepStats> {
+        let lr = self.config.train.lr_at(self.step);
+        let stats = match self.engine_kind() {
+            EngineKind::Candle => {
+                let (loss, stats) = self.loss()?;
+                let grads = loss.backward()?;
+                if let Engine::Candle(opt) = &mut self.engine {
+                    opt.step(&grads, lr)?;
+                }
+                stats
+            }
+            EngineKind::Cpu => {
+                let (stats, grads) = self.cpu_gradients()?;
+                if let Engine::Cpu { engine, opt } = &mut self.engine {
+                    opt.update(&mut engine.params, &grads, lr);
+                    engine.params.write_back()?;
+                }
+                stats
+            }
+        };
+        self.step += 1;
+        Ok(StepStats {
+            step: self.step,
+            ..stats
+        })
+    }
+
+    /// The current step's loss and the gradient of every parameter, from the engine in use,
+    /// named as [`Trainer::trainable`] names them (frozen variables included under the CPU
+    /// engine, left out under candle's). Nothing is updated.
+    pub fn gradients(&self) -> Result<(StepStats, Vec<(String, Tensor)>)> {
+        match &self.engine {
+            Engine::Candle(_) => {
+                let (loss, stats) = self.loss()?;
+                let grads = loss.backward()?;
+                let mut out = vec![];
+                for (name, var) in self.trainable()? {
+                    let g = match grads.get(var.as_tensor()) {
+                        Some(g) => g.clone(),
+                        None => var.as_tensor().zeros_like()?,
+                    };
+                    out.push((name, g));
+                }
+                Ok((stats, out))
+            }
+            Engine::Cpu { engine, .. } => {
+                let (stats, grads) = self.cpu_gradients()?;
+                let out = engine
+                    .params
+                    .entries
+                    .iter()
+                    .map(|e| Ok((e.name.clone(), engine.params.tensor_of(e, &grads)?)))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok((stats, out))
+            }
+        }
+    }
+
+    /// Loss and flat gradients of the current step under the CPU engine.
+    fn cpu_gradients(&self) -> Result<(StepStats, Vec<f32>)> {
+        let Engine::Cpu { engine, .. } = &self.engine else {
+            return Err(Error::Config("the CPU engine is not in use".into()));
+        };
+        let step = self.step;
+        let tc = &self.config.train;
+        let b = self.batch(step)?;
+        let bsz = tc.batch;
+        let per = engine.sample_len();
+        let hw = per / 3;
+        let xt: Vec<f32> =
+            b.x0.chunks(per)
+                .zip(b.eps.chunks(per))
+                .zip(&b.sigma)
+                .flat_map(|((x0, e), &s)| {
+                    x0.iter()
+                        .zip(e)
+                        .map(move |(x, e)| s * e + (1.0 - s) * x)
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+        let inputs: Vec<SampleIn> = (0..bsz)
+            .map(|i| SampleIn {
+                x_t: &xt[i * per..(i + 1) * per],
+                t: b.sigma[i] * 1000.0,
+                ids: &b.tokens[i].ids,
+            })
+            .collect();
+        let layer = self.align_layer(step, &b);
+        let fwd = engine.forward(&inputs, layer);
+        // Object-weighted MSE against the velocity ε − x0.
+        let mean_w = b.weight.iter().map(|&w| w as f64).sum::<f64>() / b.weight.len() as f64;
+        let norm = (bsz * per) as f64 * mean_w;
+        let mut mse = 0f64;
+        let mut dsamples = vec![];
+        for i in 0..bsz {
+            let pred = &fwd.samples[i];
+            let w = &b.weight[i * hw..(i + 1) * hw];
+            let mut d = vec![0f32; per];
+            for k in 0..per {
+                let j = i * per + k;
+                let diff = pred[k] - (b.eps[j] - b.x0[j]);
+                let wk = w[k % hw];
+                mse += (wk * diff * diff) as f64;
+                d[k] = (2.0 * wk as f64 * diff as f64 / norm) as f32;
+            }
+            dsamples.push(d);
+        }
+        let mse = mse / norm;
+        let mut align_v = 0.0;
+        let mut di2t = None;
+        if let Some(l) = layer {
+            let lt = b.tokens[0].ids.len();
+            let n = fwd.i2t[0].len() / lt;
+            let flat: Vec<f32> = fwd.i2t.iter().flatten().copied().collect();
+            let maps = Var::from_tensor(&Tensor::from_vec(flat, (bsz * lt, n), &self.device)?)?;
+            let a = self.alignment_loss(maps.as_tensor(), &b)?;
+            align_v = a.to_scalar::<f32>()? as f64;
+            let grads = (a * tc.mask_align_weight)?.backward()?;
+            let g: Vec<f32> = grads
+                .get(maps.as_tensor())
+                .ok_or_else(|| Error::Input("alignment loss has no gradient".into()))?
+                .flatten_all()?
+                .to_vec1()?;
+            di2t = Some((l, g.chunks(lt * n).map(<[f32]>::to_vec).collect::<Vec<_>>()));
+        }
+        let grads = engine.backward(
+            &fwd,
+            &dsamples,
+            di2t.as_ref().map(|(l, m)| (*l, m.as_slice())),
+        );
+        let stats = StepStats {
+            step,
+            loss: mse + tc.mask_align_weight * align_v,
+            mse,
+            align: align_v,
+            lr: tc.lr_at(step),
+        };
+        Ok((stats, grads))
+    }
+
+    /// The loss of the current step's batch under candle (a graph ready for `backward`) and
+    /// its parts.
     pub fn loss(&self) -> Result<(Tensor, StepStats)> {
         let step = self.step;
         let tc = self.config.train.clone();
         let b = self.batch(step)?;
         let bsz = tc.batch;
         let dev = self.device.clone();
-        let noise_seed = sample_seed(tc.seed ^ 0xA5A5, step, 0);
         let size = self.config.model.image_size;
-        let eps = super::model::seeded_randn(&[bsz, 3, size, size], noise_seed, &dev)?;
-        let u = super::model::seeded_randn(&[bsz], noise_seed ^ 1, &dev)?;
-        let sigma = candle_nn::ops::sigmoid(&u)?;
+        let x0 = Tensor::from_slice(&b.x0, (bsz, 3, size, size), &dev)?;
+        let eps = Tensor::from_slice(&b.eps, (bsz, 3, size, size), &dev)?;
+        let sigma = Tensor::from_slice(&b.sigma, bsz, &dev)?;
         let s4 = sigma.reshape((bsz, 1, 1, 1))?;
-        let xt = (s4.broadcast_mul(&eps)? + (1.0 - &s4)?.broadcast_mul(&b.x0)?)?;
-        let target = (&eps - &b.x0)?;
+        let xt = (s4.broadcast_mul(&eps)? + (1.0 - &s4)?.broadcast_mul(&x0)?)?;
+        let target = (&eps - &x0)?;
         let toks: Vec<&super::tokenizer::Tokens> = b.tokens.iter().collect();
         let (ctx, pooled) = self.model.encode(&toks)?;
-        // Alignment only where the image is still visible through the noise.
-        let sigmas: Vec<f32> = sigma.to_vec1()?;
-        let visible = |bi: usize| sigmas[bi] as f64 <= tc.mask_align_max_sigma;
-        let b = Batch {
-            align: b
-                .align
-                .into_iter()
-                .filter(|(bi, _, _)| visible(*bi))
-                .collect(),
-            classes: b
-                .classes
-                .into_iter()
-                .enumerate()
-                .map(|(bi, g)| if visible(bi) { g } else { vec![] })
-                .collect(),
-            ..b
-        };
-        let align_layer = tc.mask_align_layer.filter(|_| {
-            tc.mask_align_weight > 0.0 && step >= tc.mask_align_start && !b.align.is_empty()
-        });
+        let align_layer = self.align_layer(step, &b);
         let opts = ForwardOptions {
             capture: CaptureSpec {
                 i2t: align_layer.is_some(),
@@ -463,7 +751,7 @@ impl Trainer {
         let t = (&sigma * 1000.0)?;
         let out = self.model.mmdit.forward(&xt, &t, &ctx, &pooled, &opts)?;
         let diff = (out.sample - target)?.sqr()?;
-        let w = b.weight.unsqueeze(1)?;
+        let w = Tensor::from_slice(&b.weight, (bsz, 1, size, size), &dev)?;
         let mse = (diff.broadcast_mul(&w)?.mean_all()? / w.mean_all()?.to_scalar::<f32>()? as f64)?;
         let mut loss = mse.clone();
         let mut align_v = 0.0;
@@ -480,54 +768,7 @@ impl Trainer {
                 .transpose(1, 2)?
                 .contiguous()?
                 .reshape((bsz * lt, n))?;
-            let idx: Vec<u32> = b
-                .align
-                .iter()
-                .map(|(bi, pos, _)| (bi * lt + pos) as u32)
-                .collect();
-            let rows = maps.index_select(&Tensor::new(idx, &dev)?, 0)?;
-            let max = rows.max_keepdim(D::Minus1)?;
-            let p = rows.broadcast_div(&(max + 1e-12)?)?;
-            let y: Vec<f32> = b
-                .align
-                .iter()
-                .flat_map(|(_, _, t)| t.iter().copied())
-                .collect();
-            let y = Tensor::from_vec(y, (b.align.len(), n), &dev)?;
-            let mut a = Self::focal_dice(&p, &y)?;
-            // Calibration across classes, as the argmax of segmentation needs: per-pixel
-            // cross-entropy of the class maps (mean over each class's tokens), normalised over
-            // the classes the caption names, against their coverage.
-            let per_sample = maps.reshape((bsz, lt, n))?;
-            let mut ce_terms = vec![];
-            for (bi, groups) in b.classes.iter().enumerate() {
-                if groups.is_empty() {
-                    continue;
-                }
-                let mut agg = vec![0f32; lt * groups.len()];
-                let mut cover = vec![0f32; n * groups.len()];
-                for (c, (pos, cov)) in groups.iter().enumerate() {
-                    for &p in pos {
-                        agg[p * groups.len() + c] = 1.0 / pos.len() as f32;
-                    }
-                    for (k, v) in cov.iter().enumerate() {
-                        cover[k * groups.len() + c] = *v;
-                    }
-                }
-                let agg = Tensor::from_vec(agg, (lt, groups.len()), &dev)?;
-                let y = Tensor::from_vec(cover, (n, groups.len()), &dev)?;
-                let m = per_sample.get(bi)?.t()?.matmul(&agg)?; // [N, C]
-                let logm = (m + 1e-12)?.log()?;
-                let logz = logm.exp()?.sum_keepdim(D::Minus1)?.log()?;
-                let logq = logm.broadcast_sub(&logz)?;
-                let w = y.sum(D::Minus1)?.sum_all()?.to_scalar::<f32>()?.max(1e-6) as f64;
-                ce_terms.push(((y * logq)?.sum_all()? * (-1.0 / w))?);
-            }
-            if !ce_terms.is_empty() {
-                let count = ce_terms.len() as f64;
-                let ce = (Tensor::stack(&ce_terms, 0)?.sum_all()? / count)?;
-                a = (a + ce)?;
-            }
+            let a = self.alignment_loss(&maps, &b)?;
             align_v = a.to_scalar::<f32>()? as f64;
             loss = (loss + (a * tc.mask_align_weight)?)?;
         }
@@ -541,6 +782,21 @@ impl Trainer {
         Ok((loss, stats))
     }
 
+    /// The optimiser's moments as named tensors (`m.NAME`, `v.NAME`).
+    fn optimizer_state(&self) -> Result<Vec<(String, Tensor)>> {
+        match &self.engine {
+            Engine::Candle(opt) => Ok(opt.state()),
+            Engine::Cpu { engine, opt } => {
+                let mut out = vec![];
+                for e in engine.params.entries.iter().filter(|e| e.trainable) {
+                    out.push((format!("m.{}", e.name), engine.params.tensor_of(e, &opt.m)?));
+                    out.push((format!("v.{}", e.name), engine.params.tensor_of(e, &opt.v)?));
+                }
+                Ok(out)
+            }
+        }
+    }
+
     /// Writes the model (loadable by [`EmbeddedModel::load_dir`]) and the optimiser state.
     pub fn save(&self, dir: &Path) -> Result<()> {
         save_model(
@@ -550,7 +806,7 @@ impl Trainer {
             dir,
             DType::F32,
         )?;
-        write_safetensors(&dir.join("optimizer.safetensors"), &self.opt.state())?;
+        write_safetensors(&dir.join("optimizer.safetensors"), &self.optimizer_state()?)?;
         let state = TrainState {
             step: self.step,
             config: self.config.clone(),
