@@ -341,3 +341,37 @@ fn embedded_commands_fail_clearly() {
         "not a step of a 28-step schedule",
     );
 }
+
+#[test]
+fn bench_train_times_both_engines_on_the_same_batch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let json = tmp.path().join("bt.json");
+    let out = ok(&[
+        "bench-train",
+        "--batch",
+        "1",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--json",
+        s(&json),
+    ]);
+    assert!(out.contains("speed-up"), "{out}");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let e = v["engines"].as_array().unwrap();
+    assert_eq!(e.len(), 2);
+    assert_eq!(e[0]["engine"], "candle autograd");
+    assert_eq!(e[0]["speedup_vs_candle"], 1.0);
+    // Same seed, same scenes and noise: both engines see the same first loss.
+    let (a, b) = (
+        e[0]["first_loss"].as_f64().unwrap(),
+        e[1]["first_loss"].as_f64().unwrap(),
+    );
+    assert!(a.is_finite() && a > 0.0);
+    assert!((a - b).abs() < 1e-4 * a, "{a} vs {b}");
+    for r in e {
+        assert!(r["seconds_per_step"].as_f64().unwrap() > 0.0);
+    }
+    fails(&["bench-train", "--steps", "0"], "must be positive");
+}

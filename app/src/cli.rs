@@ -26,6 +26,8 @@ pub enum Command {
     Forward(ForwardArgs),
     /// Time a forward of an SD3-medium-size random-weight model with and without capture.
     Bench(BenchArgs),
+    /// Time training steps of the embedded recipe with each gradient engine (candle = baseline).
+    BenchTrain(BenchTrainArgs),
     /// Generate an image from a prompt with the embedded model (or --model DIR).
     Generate(GenerateArgs),
     /// Open-vocabulary segmentation of an image from one block's I2T maps.
@@ -177,6 +179,25 @@ pub struct BenchArgs {
     /// Timed repetitions of each case, interleaved, best kept (after one warm-up).
     #[arg(long, default_value_t = 3)]
     pub repeats: usize,
+    /// Write the figures as JSON here too.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchTrainArgs {
+    /// Batch size (the shipped recipes use 16).
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Timed steps per engine (after the warm-up).
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    /// Untimed warm-up steps per engine.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// The plain recipe (flow matching only) instead of the aligned one.
+    #[arg(long)]
+    pub plain: bool,
     /// Write the figures as JSON here too.
     #[arg(long)]
     pub json: Option<PathBuf>,

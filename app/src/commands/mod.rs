@@ -2,6 +2,7 @@
 
 mod analyses;
 mod bench;
+mod bench_train;
 mod embedded;
 mod forward;
 mod perturb;
@@ -18,6 +19,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Forward(a)) => forward::run(a),
         Some(Command::Bench(a)) => bench::run(a),
+        Some(Command::BenchTrain(a)) => bench_train::run(a),
         Some(Command::Train(a)) => train::run(a),
         Some(Command::ExportModel(a)) => train::export(a),
         Some(Command::TrainJudge(a)) => samples::train_judge(a),
