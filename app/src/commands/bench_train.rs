@@ -59,7 +59,7 @@ pub fn run(a: BenchTrainArgs) -> anyhow::Result<()> {
     // Alignment from the first step, so every timed step pays for it.
     train.mask_align_start = 0;
     let cfg = ToyConfig {
-        model: EmbeddedConfig::default_toy(),
+        model: EmbeddedConfig::for_recipe(!a.plain),
         train,
     };
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all cores".into());

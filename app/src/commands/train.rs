@@ -15,7 +15,7 @@ fn config(a: &TrainArgs) -> anyhow::Result<ToyConfig> {
     let mut c = match &a.config {
         Some(p) => ToyConfig::from_file(p)?,
         None => ToyConfig {
-            model: EmbeddedConfig::default_toy(),
+            model: EmbeddedConfig::for_recipe(!a.plain),
             train: TrainConfig::default_toy(!a.plain),
         },
     };
@@ -232,8 +232,17 @@ mod tests {
         // The warm-up ends at step 20, so the fine-tune reaches its lr.
         assert!((t.lr_at(19) - 2e-4).abs() < 1e-12);
         // The shipped aligned recipe, untouched.
-        let d = train_config(&[]).unwrap().train;
-        assert_eq!((d.mask_align_layer, d.mask_align_start), (Some(3), 200));
+        let d = train_config(&[]).unwrap();
+        assert_eq!(
+            (d.train.mask_align_layer, d.train.mask_align_start),
+            (Some(3), 200)
+        );
+        // Aligned: 64² pixels in 4×4 patches; plain: 32² in 2×2; both a 16×16 token grid.
+        let m = &d.model;
+        assert_eq!((m.image_size, m.transformer.patch_size), (64, 4));
+        let p = train_config(&["--plain"]).unwrap().model;
+        assert_eq!((p.image_size, p.transformer.patch_size), (32, 2));
+        assert!(d.model.validate().is_ok() && p.validate().is_ok());
         assert!(train_config(&["--mask-align-layer", "6"]).is_err());
     }
 }

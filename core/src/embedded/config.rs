@@ -73,7 +73,7 @@ pub struct ToyConfig {
 }
 
 impl EmbeddedConfig {
-    /// The shipped size: 32×32 RGB, patch 2 (16×16 tokens), 6 blocks of 4 heads × 32.
+    /// The shipped plain model's size: 32×32 RGB, patch 2 (16×16 tokens), 6 blocks, 4 heads × 32.
     pub fn default_toy() -> Self {
         let dim = 128;
         let vocab = vocabulary().len() + 2;
@@ -105,6 +105,26 @@ impl EmbeddedConfig {
             // SD3's 3.0 is for 4096 latent tokens; its resolution rule (shift ∝ √tokens) gives
             // about 1 for this 256-token grid.
             shift: 1.0,
+        }
+    }
+
+    /// The shipped aligned model's size: 64×64 RGB, patch 4 (the same 16×16 tokens as
+    /// [`Self::default_toy`], each seeing 4×4 pixels, so shapes keep their detail at the input).
+    pub fn default_aligned() -> Self {
+        let mut c = Self::default_toy();
+        c.image_size = 64;
+        c.transformer.sample_size = 64;
+        c.transformer.patch_size = 4;
+        c
+    }
+
+    /// The model of a shipped recipe: [`Self::default_aligned`] or, for plain,
+    /// [`Self::default_toy`].
+    pub fn for_recipe(aligned: bool) -> Self {
+        if aligned {
+            Self::default_aligned()
+        } else {
+            Self::default_toy()
         }
     }
 
@@ -158,8 +178,9 @@ impl EmbeddedConfig {
 }
 
 impl TrainConfig {
-    /// The shipped recipes, both from scratch. Plain: flow matching only. Aligned: flow
-    /// matching plus mask alignment at block 3 from step 200 on.
+    /// The shipped recipes, both from scratch. Plain: flow matching only, 8000 steps. Aligned:
+    /// flow matching plus mask alignment at block 3 from step 200 on, 9000 steps (with
+    /// [`EmbeddedConfig::for_recipe`]'s model).
     pub fn default_toy(aligned: bool) -> Self {
         let plain = Self {
             steps: 8000,
@@ -187,6 +208,7 @@ impl TrainConfig {
         // Fine-tuning a plain model with alignment at lr 1e-3 wiped out generation; trained
         // together from scratch the two losses share the model, at a lower peak lr.
         Self {
+            steps: 9000,
             lr: 6e-4,
             seed: 20261123,
             mask_align_layer: Some(3),
