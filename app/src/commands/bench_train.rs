@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use candle_core::Device;
-use ditlens_core::embedded::{EmbeddedConfig, EngineKind, ToyConfig, TrainConfig, Trainer};
+use ditlens_core::embedded::{EngineKind, ToyConfig, Trainer};
 use ditlens_core::io::write_atomic;
 use serde_json::json;
 
@@ -53,15 +53,11 @@ pub fn run(a: BenchTrainArgs) -> anyhow::Result<()> {
         a.batch > 0 && a.steps > 0,
         "--batch and --steps must be positive"
     );
-    let mut train = TrainConfig::default_toy(!a.plain);
-    train.batch = a.batch;
-    train.init = None;
+    let mut cfg = ToyConfig::recipe(!a.plain);
+    cfg.train.batch = a.batch;
+    cfg.train.init = None;
     // Alignment from the first step, so every timed step pays for it.
-    train.mask_align_start = 0;
-    let cfg = ToyConfig {
-        model: EmbeddedConfig::for_recipe(!a.plain),
-        train,
-    };
+    cfg.train.mask_align_start = 0;
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all cores".into());
     println!(
         "{} recipe, batch {}, {} warm-up + {} timed steps per engine, threads: {threads}",

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::time::Instant;
 
 use anyhow::Context;
-use ditlens_core::embedded::{EmbeddedConfig, EngineKind, ToyConfig, TrainConfig, Trainer};
+use ditlens_core::embedded::{EngineKind, ToyConfig, Trainer};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::cli::{EngineArg, ExportModelArgs, TrainArgs};
@@ -14,10 +14,7 @@ use crate::cli::{EngineArg, ExportModelArgs, TrainArgs};
 fn config(a: &TrainArgs) -> anyhow::Result<ToyConfig> {
     let mut c = match &a.config {
         Some(p) => ToyConfig::from_file(p)?,
-        None => ToyConfig {
-            model: EmbeddedConfig::for_recipe(!a.plain),
-            train: TrainConfig::default_toy(!a.plain),
-        },
+        None => ToyConfig::recipe(!a.plain),
     };
     let t = &mut c.train;
     if let Some(v) = a.steps {

@@ -72,6 +72,21 @@ pub struct ToyConfig {
     pub train: TrainConfig,
 }
 
+impl ToyConfig {
+    /// A shipped recipe with its model: aligned ([`EmbeddedConfig::default_aligned`]) or plain
+    /// ([`EmbeddedConfig::default_toy`]).
+    pub fn recipe(aligned: bool) -> Self {
+        Self {
+            model: if aligned {
+                EmbeddedConfig::default_aligned()
+            } else {
+                EmbeddedConfig::default_toy()
+            },
+            train: TrainConfig::default_toy(aligned),
+        }
+    }
+}
+
 impl EmbeddedConfig {
     /// The shipped plain model's size: 32×32 RGB, patch 2 (16×16 tokens), 6 blocks, 4 heads × 32.
     pub fn default_toy() -> Self {
@@ -116,16 +131,6 @@ impl EmbeddedConfig {
         c.transformer.sample_size = 64;
         c.transformer.patch_size = 4;
         c
-    }
-
-    /// The model of a shipped recipe: [`Self::default_aligned`] or, for plain,
-    /// [`Self::default_toy`].
-    pub fn for_recipe(aligned: bool) -> Self {
-        if aligned {
-            Self::default_aligned()
-        } else {
-            Self::default_toy()
-        }
     }
 
     /// A very small size for tests.
@@ -179,8 +184,8 @@ impl EmbeddedConfig {
 
 impl TrainConfig {
     /// The shipped recipes, both from scratch. Plain: flow matching only, 8000 steps. Aligned:
-    /// flow matching plus mask alignment at block 3 from step 200 on, 9000 steps (with
-    /// [`EmbeddedConfig::for_recipe`]'s model).
+    /// flow matching plus mask alignment at block 3 from step 200 on, 9000 steps. Paired with
+    /// their models by [`ToyConfig::recipe`].
     pub fn default_toy(aligned: bool) -> Self {
         let plain = Self {
             steps: 8000,
