@@ -201,6 +201,30 @@ fn generate_segment_eval_on_a_tiny_model() {
     assert!((0.0..=1.0).contains(&miou));
     assert_eq!(e["layers"][best]["miou"].as_f64().unwrap(), miou);
     assert_eq!(e["step_index"], 20, "the paper's step by default");
+    // The confusion matrix (row = truth, column = prediction) gives back the mIoU.
+    assert_eq!(e["classes"].as_array().unwrap().len(), 9);
+    let conf: Vec<Vec<f64>> = e["confusion"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect()
+        })
+        .collect();
+    assert_eq!((conf.len(), conf[0].len()), (9, 9));
+    let ious: Vec<f64> = (0..9)
+        .filter(|&c| conf[c].iter().sum::<f64>() > 0.0)
+        .map(|c| {
+            let col: f64 = conf.iter().map(|r| r[c]).sum();
+            conf[c][c] / (conf[c].iter().sum::<f64>() + col - conf[c][c])
+        })
+        .collect();
+    let from_conf = ious.iter().sum::<f64>() / ious.len() as f64;
+    assert!((from_conf - miou).abs() < 1e-9, "{from_conf} vs {miou}");
 
     // A later step of the schedule (less noise), as the σ sweep of the model cards uses.
     let late = tmp.path().join("late.json");

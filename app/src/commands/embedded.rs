@@ -232,6 +232,7 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
         let mut v = json!({
             "miou": best.miou, "pacc": best.pacc, "macc": best.macc,
             "per_class_iou": best.per_class_iou, "layer": best.layer, "images": data.len(),
+            "classes": data.classes(), "confusion": best.confusion,
             "step_index": a.step_index, "steps": a.steps,
             "protocol": "oracle class set (classes present in each label), one forward, head-mean I2T, argmax",
         });

@@ -55,6 +55,16 @@ pub struct TrainConfig {
     /// Caption style weights: sentence, class list, colour+shape phrase, empty.
     #[serde(default = "caption_weights")]
     pub caption_weights: [f64; 4],
+    /// Share of training scenes drawn with at least two objects, so that a class list's shape
+    /// words must be told apart by shape (a one-object scene teaches object versus background
+    /// only). 0 keeps the world's own spread of 1–3 objects.
+    #[serde(default)]
+    pub multi_object_share: f64,
+    /// Share of class-list captions that also name shapes the scene lacks (1 to all of them):
+    /// under mask alignment their words must stay off every pixel, so each object pixel
+    /// picks its shape among all eight, not only among those present.
+    #[serde(default)]
+    pub absent_class_share: f64,
 }
 
 fn caption_weights() -> [f64; 4] {
@@ -184,7 +194,8 @@ impl EmbeddedConfig {
 
 impl TrainConfig {
     /// The shipped recipes, both from scratch. Plain: flow matching only, 8000 steps. Aligned:
-    /// flow matching plus mask alignment at block 3 from step 200 on, 9000 steps. Paired with
+    /// flow matching plus mask alignment at block 3 from step 200 on, 8000 steps, three in four scenes with two or
+    /// more objects. Paired with
     /// their models by [`ToyConfig::recipe`].
     pub fn default_toy(aligned: bool) -> Self {
         let plain = Self {
@@ -204,16 +215,19 @@ impl TrainConfig {
             mask_align_start: 0,
             init: None,
             caption_weights: caption_weights(),
+            multi_object_share: 0.0,
+            absent_class_share: 0.0,
         };
         if !aligned {
             return plain;
         }
         // Class lists are the captions that teach shape grounding (a sentence's shape word
-        // can be found by its colour alone), so the aligned run sees them twice as often.
+        // can be found by its colour alone), so the aligned run sees them twice as often, and
+        // mostly on scenes of two or three objects, whose shapes must be told apart.
         // Fine-tuning a plain model with alignment at lr 1e-3 wiped out generation; trained
         // together from scratch the two losses share the model, at a lower peak lr.
         Self {
-            steps: 9000,
+            steps: 8000,
             lr: 6e-4,
             seed: 20261123,
             mask_align_layer: Some(3),
@@ -221,6 +235,8 @@ impl TrainConfig {
             mask_align_max_sigma: 0.7,
             mask_align_start: 200,
             caption_weights: [0.25, 0.50, 0.15, 0.10],
+            multi_object_share: 0.75,
+            absent_class_share: 0.5,
             ..plain
         }
     }

@@ -13,7 +13,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
 use serde::{Deserialize, Serialize};
 
-use super::config::{EmbeddedConfig, ToyConfig};
+use super::config::{EmbeddedConfig, ToyConfig, TrainConfig};
 use super::cpu_train::{CpuEngine, FlatAdamW, Params, SampleIn};
 use super::model::{seeded_randn_vec, EmbeddedModel};
 use super::optim::AdamW;
@@ -78,6 +78,19 @@ enum Engine {
 /// Deterministic seed for sample `i` of step `step`.
 fn sample_seed(seed: u64, step: usize, i: usize) -> u64 {
     seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ((step as u64) << 20) ^ i as u64
+}
+
+/// The world's scene settings for one training sample: at least two objects for a
+/// `multi_object_share` of the samples (drawn from the sample's seed), else unchanged.
+fn scene_config(base: &SceneConfig, train: &TrainConfig, seed: u64) -> SceneConfig {
+    let mut c = base.clone();
+    if train.multi_object_share > 0.0 {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x6D75_6C74_6921);
+        if rng.random_bool(train.multi_object_share.clamp(0.0, 1.0)) {
+            c.min_objects = c.max_objects.min(2);
+        }
+    }
+    c
 }
 
 /// Coverage of a pixel mask on the `grid × grid` token grid (mean over each patch).
@@ -284,6 +297,7 @@ impl Trainer {
             options: CaptionOptions {
                 shuffle_objects: false,
                 word_dropout: 0.0,
+                absent_classes: 0.0,
             },
         };
         let mut t = Self {
@@ -407,13 +421,14 @@ impl Trainer {
             (vec![], vec![], vec![], vec![], vec![]);
         for i in 0..bsz {
             let seed = sample_seed(cfg.train.seed, step, i);
-            let scene =
-                Scene::generate(&scene_cfg, seed).map_err(|e| Error::Input(e.to_string()))?;
+            let scene = Scene::generate(&scene_config(&scene_cfg, &cfg.train, seed), seed)
+                .map_err(|e| Error::Input(e.to_string()))?;
             let mut rng = scene.caption_rng();
             let mut sampler = self.sampler.clone();
             sampler.options = CaptionOptions {
                 shuffle_objects: rng.random_bool(cfg.train.shuffle_prob),
                 word_dropout: cfg.train.word_dropout,
+                absent_classes: cfg.train.absent_class_share,
             };
             let caption = sampler.sample(&scene, &mut rng);
             let tok = self.model.tokenize(&caption.text)?;
@@ -442,8 +457,9 @@ impl Trainer {
             for pos in keys {
                 align.push((i, pos, grid_coverage(&targets[&pos], size, patch)));
             }
-            // Segmentation classes as a class prompt would name them: each shape word, and the
-            // word "background".
+            // Segmentation classes as a class prompt would name them: each shape word (one the
+            // scene lacks covers nothing, so the cross-entropy pushes it off every pixel), and
+            // the word "background".
             let mut groups: Vec<(Vec<usize>, Vec<f32>)> = vec![];
             for shape in crate::shapes::Shape::ALL {
                 let pos: Vec<usize> = caption
@@ -454,7 +470,7 @@ impl Trainer {
                     .map(|(k, _)| k + 1)
                     .collect();
                 let mask: Vec<bool> = scene.labels.iter().map(|&c| c == shape.class()).collect();
-                if !pos.is_empty() && mask.iter().any(|&m| m) {
+                if !pos.is_empty() {
                     groups.push((pos, grid_coverage(&mask, size, patch)));
                 }
             }
@@ -865,4 +881,34 @@ pub fn save_model(
             .map_err(|e| Error::Input(e.to_string()))?
             .as_bytes(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn single_object_scenes(share: f64) -> usize {
+        let train = TrainConfig {
+            multi_object_share: share,
+            ..TrainConfig::default_toy(true)
+        };
+        let base = SceneConfig::with_size(32);
+        (0..150)
+            .filter(|&i| {
+                let seed = sample_seed(train.seed, i, 0);
+                let scene = Scene::generate(&scene_config(&base, &train, seed), seed).unwrap();
+                scene.objects.len() == 1
+            })
+            .count()
+    }
+
+    #[test]
+    fn multi_object_share_thins_out_single_object_scenes() {
+        let natural = single_object_scenes(0.0);
+        // The world draws 1–3 objects evenly: about 50 of 150 scenes hold one.
+        assert!((30..=70).contains(&natural), "natural: {natural}");
+        assert_eq!(single_object_scenes(1.0), 0);
+        let most = single_object_scenes(0.75);
+        assert!(most > 0 && most * 2 < natural, "0.75: {most} vs {natural}");
+    }
 }

@@ -18,6 +18,10 @@ pub struct LayerScores {
     pub pacc: f64,
     pub macc: f64,
     pub per_class_iou: BTreeMap<String, Option<f64>>,
+    /// Pixel counts, row = ground-truth class, column = predicted class, in `classes.txt`
+    /// order (ignored pixels left out); absent for unsupervised proposals.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confusion: Option<Vec<Vec<u64>>>,
 }
 
 impl LayerScores {
@@ -32,7 +36,18 @@ impl LayerScores {
                 .cloned()
                 .zip(s.per_class_iou.iter().copied())
                 .collect(),
+            confusion: None,
         }
+    }
+
+    fn with_confusion(mut self, c: &Confusion) -> Self {
+        let n = c.num_classes();
+        self.confusion = Some(
+            (0..n)
+                .map(|gt| (0..n).map(|p| c.count(gt, Some(p))).collect())
+                .collect(),
+        );
+        self
     }
 }
 
@@ -90,7 +105,7 @@ pub fn evaluate<M: I2tSegmenter + ?Sized>(
     Ok(layers
         .iter()
         .zip(&conf)
-        .map(|(&l, c)| LayerScores::new(l, &c.scores(), data.classes()))
+        .map(|(&l, c)| LayerScores::new(l, &c.scores(), data.classes()).with_confusion(c))
         .collect())
 }
 

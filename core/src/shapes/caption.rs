@@ -5,6 +5,7 @@ use rand::Rng;
 use serde::Serialize;
 
 use super::scene::Scene;
+use super::vocab::Shape;
 
 /// How a caption is phrased.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -48,6 +49,9 @@ pub struct CaptionOptions {
     /// Probability of dropping each word other than shape words (and other than
     /// "background" in class lists), so every object stays named by its shape.
     pub word_dropout: f64,
+    /// Probability that a class list also names shapes absent from the scene (1 to all of
+    /// them, at random places before "background"), as an open-vocabulary prompt may.
+    pub absent_classes: f64,
 }
 
 impl Default for CaptionOptions {
@@ -55,6 +59,7 @@ impl Default for CaptionOptions {
         CaptionOptions {
             shuffle_objects: false,
             word_dropout: 0.0,
+            absent_classes: 0.0,
         }
     }
 }
@@ -94,6 +99,8 @@ enum Role {
     Background,
     /// "background" in a class list (never dropped).
     BackgroundClass,
+    /// A class-list shape word naming no object of the scene (never dropped).
+    Absent,
     /// An article, "and", "on", "with".
     Function,
 }
@@ -130,6 +137,24 @@ impl Scene {
                         tokens.push((name, Role::Shape(i)));
                     }
                 }
+                if options.absent_classes > 0.0 && rng.random_bool(options.absent_classes.min(1.0))
+                {
+                    let mut absent: Vec<&'static str> = Shape::ALL
+                        .iter()
+                        .map(|s| s.name())
+                        .filter(|n| !tokens.iter().any(|(w, _)| w == n))
+                        .collect();
+                    absent.shuffle(rng);
+                    let k = if absent.is_empty() {
+                        0
+                    } else {
+                        rng.random_range(1..=absent.len())
+                    };
+                    for name in absent.into_iter().take(k) {
+                        let at = rng.random_range(0..=tokens.len());
+                        tokens.insert(at, (name, Role::Absent));
+                    }
+                }
                 tokens.push(("background", Role::BackgroundClass));
                 tokens
             }
@@ -139,7 +164,7 @@ impl Scene {
             tokens
                 .into_iter()
                 .filter(|(_, role)| match role {
-                    Role::Shape(_) | Role::BackgroundClass => true,
+                    Role::Shape(_) | Role::BackgroundClass | Role::Absent => true,
                     _ => !rng.random_bool(options.word_dropout.min(1.0)),
                 })
                 .collect()
@@ -363,6 +388,7 @@ mod tests {
             CaptionOptions {
                 shuffle_objects: true,
                 word_dropout: 0.3,
+                absent_classes: 0.5,
             },
         ];
         for scene in scenes(60) {
@@ -475,6 +501,7 @@ mod tests {
         let opts = CaptionOptions {
             shuffle_objects: false,
             word_dropout: 1.0,
+            absent_classes: 0.0,
         };
         let mut rng = ChaCha8Rng::seed_from_u64(3);
         let c = scene.caption(CaptionStyle::Sentence, &opts, &mut rng);
@@ -493,6 +520,7 @@ mod tests {
         let opts = CaptionOptions {
             shuffle_objects: true,
             word_dropout: 0.0,
+            absent_classes: 0.0,
         };
         let mut rng = ChaCha8Rng::seed_from_u64(4);
         let texts: std::collections::HashSet<String> = (0..30)
@@ -528,5 +556,48 @@ mod tests {
             options: CaptionOptions::default(),
         };
         assert_eq!(none.pick_style(&mut rng), CaptionStyle::Sentence);
+    }
+
+    #[test]
+    fn class_lists_may_name_absent_shapes() {
+        let opts = CaptionOptions {
+            absent_classes: 1.0,
+            ..CaptionOptions::default()
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let mut longest = 0;
+        for scene in scenes(40) {
+            let c = scene.caption(CaptionStyle::ClassList, &opts, &mut rng);
+            check(&scene, &c);
+            let present: Vec<&str> = scene.objects.iter().map(|o| o.shape.name()).collect();
+            let absent = c
+                .words
+                .iter()
+                .filter(|w| !present.contains(w) && **w != "background");
+            let absent = absent.count();
+            assert!(absent >= 1, "no absent shape in {:?}", c.text);
+            assert_eq!(*c.words.last().unwrap(), "background");
+            // Absent words name no object.
+            for co in &c.objects {
+                for &k in &co.words {
+                    assert!(present.contains(&c.words[k]), "{:?}", c.text);
+                }
+            }
+            longest = longest.max(c.words.len());
+        }
+        // Some list names all eight shapes.
+        assert_eq!(longest, 9);
+        // Off by default: the class list names only what is there.
+        for scene in scenes(20) {
+            let c = scene.caption(
+                CaptionStyle::ClassList,
+                &CaptionOptions::default(),
+                &mut rng,
+            );
+            let mut shapes: Vec<&str> = scene.objects.iter().map(|o| o.shape.name()).collect();
+            shapes.sort_unstable();
+            shapes.dedup();
+            assert_eq!(c.words.len(), shapes.len() + 1, "{:?}", c.text);
+        }
     }
 }
