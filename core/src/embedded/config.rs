@@ -194,9 +194,8 @@ impl EmbeddedConfig {
 
 impl TrainConfig {
     /// The shipped recipes, both from scratch. Plain: flow matching only, 8000 steps. Aligned:
-    /// flow matching plus mask alignment at block 3 from step 200 on, 8000 steps, three in four scenes with two or
-    /// more objects. Paired with
-    /// their models by [`ToyConfig::recipe`].
+    /// flow matching plus mask alignment at block 3 from step 200 on, 8000 steps, three in four
+    /// scenes with two or more objects. Paired with their models by [`ToyConfig::recipe`].
     pub fn default_toy(aligned: bool) -> Self {
         let plain = Self {
             steps: 8000,

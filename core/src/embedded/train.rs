@@ -469,8 +469,9 @@ impl Trainer {
                     .filter(|(_, w)| **w == shape.name())
                     .map(|(k, _)| k + 1)
                     .collect();
-                let mask: Vec<bool> = scene.labels.iter().map(|&c| c == shape.class()).collect();
                 if !pos.is_empty() {
+                    let mask: Vec<bool> =
+                        scene.labels.iter().map(|&c| c == shape.class()).collect();
                     groups.push((pos, grid_coverage(&mask, size, patch)));
                 }
             }
