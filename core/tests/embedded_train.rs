@@ -174,8 +174,11 @@ fn mask_alignment_starts_at_its_step() {
 
 /// A run of the tiny aligned config after a few candle steps (gates open, weights moved), saved
 /// and resumed under both engines.
-fn resumed_pair() -> (Trainer, Trainer, tempfile::TempDir) {
-    let mut t = Trainer::new(tiny(true, 4, 100), &Device::Cpu).unwrap();
+/// `conv_stem` sets the transformer's convolutional front end (empty: SD3's plain patchify).
+fn resumed_pair(conv_stem: &[usize]) -> (Trainer, Trainer, tempfile::TempDir) {
+    let mut cfg = tiny(true, 4, 100);
+    cfg.model.transformer.conv_stem = conv_stem.to_vec();
+    let mut t = Trainer::new(cfg, &Device::Cpu).unwrap();
     t.set_engine(EngineKind::Candle).unwrap();
     for _ in 0..4 {
         t.train_step().unwrap();
@@ -195,7 +198,13 @@ fn resumed_pair() -> (Trainer, Trainer, tempfile::TempDir) {
 
 #[test]
 fn cpu_engine_gradients_equal_candle_autograd() {
-    let (cpu, cand, _dir) = resumed_pair();
+    for stem in [&[][..], &[4, 6][..]] {
+        gradients_agree(stem);
+    }
+}
+
+fn gradients_agree(conv_stem: &[usize]) {
+    let (cpu, cand, _dir) = resumed_pair(conv_stem);
     let (sa, ga) = cpu.gradients().unwrap();
     let (sb, gb) = cand.gradients().unwrap();
     assert!(sb.align > 0.0, "alignment is part of the checked loss");
@@ -233,8 +242,14 @@ fn cpu_engine_gradients_equal_candle_autograd() {
             worst = (err, name.clone());
         }
     }
+    if !conv_stem.is_empty() {
+        assert!(
+            gb.iter().any(|(n, _)| n.contains("pos_embed.stem.1")),
+            "the stem's layers are trained"
+        );
+    }
     eprintln!(
-        "largest relative gradient difference {} at {}",
+        "stem {conv_stem:?}: largest relative gradient difference {} at {}",
         worst.0, worst.1
     );
     // Relative to each tensor's largest gradient: f32 sums taken in another order.
@@ -248,7 +263,7 @@ fn cpu_engine_gradients_equal_candle_autograd() {
 
 #[test]
 fn cpu_engine_steps_like_candle() {
-    let (mut cpu, mut cand, _dir) = resumed_pair();
+    let (mut cpu, mut cand, _dir) = resumed_pair(&[4]);
     for _ in 0..3 {
         let (a, b) = (cpu.train_step().unwrap(), cand.train_step().unwrap());
         assert!(

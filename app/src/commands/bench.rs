@@ -75,6 +75,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         pos_embed_max_size: 192,
         dual_attention_layers: vec![],
         qk_norm: None,
+        conv_stem: vec![],
     };
     cfg.validate()?;
     let t0 = Instant::now();

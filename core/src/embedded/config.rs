@@ -118,6 +118,7 @@ impl EmbeddedConfig {
                 pos_embed_max_size: 16,
                 dual_attention_layers: vec![],
                 qk_norm: None,
+                conv_stem: vec![],
             },
             text: TextEncoderConfig {
                 vocab_size: vocab,
@@ -135,6 +136,9 @@ impl EmbeddedConfig {
 
     /// The shipped aligned model's size: 64×64 RGB, patch 4 (the same 16×16 tokens as
     /// [`Self::default_toy`], each seeing 4×4 pixels, so shapes keep their detail at the input).
+    /// No convolutional stem (`conv_stem`): a 16-32-32 stem trained on this recipe scored no
+    /// better (held-out mIoU 0.443 at step 4500; without it 0.454 at 3500, 0.476 at 6000) and
+    /// adds 0.45 s to `generate`.
     pub fn default_aligned() -> Self {
         let mut c = Self::default_toy();
         c.image_size = 64;

@@ -330,7 +330,31 @@ impl Checkpoint {
                 got: proj,
             });
         }
-        let (hidden, in_channels, patch) = (proj[0], proj[1], proj[2]);
+        let (hidden, mut in_channels, patch) = (proj[0], proj[1], proj[2]);
+        // A convolutional front end (`pos_embed.stem.{i}`, 3×3) feeds the patch embedding.
+        let mut conv_stem = vec![];
+        while let Some(w) = self.shape_of(&format!("pos_embed.stem.{}.weight", conv_stem.len())) {
+            let fits = w.len() == 4 && w[2] == 3 && w[3] == 3;
+            let chained = conv_stem.last().is_none_or(|&prev| prev == w[1]);
+            if !fits || !chained {
+                return Err(Error::WrongShape {
+                    name: self.stored_name(&format!("pos_embed.stem.{}.weight", conv_stem.len())),
+                    expected: vec![],
+                    got: w,
+                });
+            }
+            if conv_stem.is_empty() {
+                in_channels = w[1];
+            }
+            conv_stem.push(w[0]);
+        }
+        if conv_stem.last().is_some_and(|&c| c != proj[1]) {
+            return Err(Error::WrongShape {
+                name: self.stored_name("pos_embed.proj.weight"),
+                expected: vec![hidden, conv_stem[conv_stem.len() - 1], patch, patch],
+                got: proj,
+            });
+        }
         let ctx = need("context_embedder.weight")?;
         let pooled = need("time_text_embed.text_embedder.linear_1.weight")?;
         let out = need("proj_out.weight")?;
@@ -368,6 +392,7 @@ impl Checkpoint {
             pos_embed_max_size: pos_max,
             dual_attention_layers: dual,
             qk_norm: has_qk.then(|| "rms_norm".to_string()),
+            conv_stem,
         };
         if let Some(o) = override_cfg {
             self.check_agrees(&cfg, o)?;
@@ -400,6 +425,7 @@ impl Checkpoint {
         cmp!(pos_embed_max_size);
         cmp!(dual_attention_layers);
         cmp!(qk_norm);
+        cmp!(conv_stem);
         if from_weights.inner_dim() != given.inner_dim() {
             diffs.push(format!(
                 "heads × head_dim: config {}, weights {}",

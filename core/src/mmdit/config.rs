@@ -48,6 +48,12 @@ pub struct MmditConfig {
     pub dual_attention_layers: Vec<usize>,
     #[serde(default)]
     pub qk_norm: Option<String>,
+    /// Widths of 3×3 convolutions (padding 1, SiLU after each) run on the input at full
+    /// resolution before the patch embedding: a small convolutional front end for a pixel-space
+    /// model, where a latent-space SD3 has its VAE encoder. Weights `pos_embed.stem.{i}`.
+    /// Empty (absent) in SD3 checkpoints.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conv_stem: Vec<usize>,
 }
 
 fn default_sample_size() -> usize {
@@ -63,6 +69,11 @@ impl MmditConfig {
     /// Output latent channels (defaults to the input channels, as diffusers does).
     pub fn out_channels(&self) -> usize {
         self.out_channels.unwrap_or(self.in_channels)
+    }
+
+    /// Channels the patch embedding reads: the last stem width, or the input channels.
+    pub fn patch_in_channels(&self) -> usize {
+        self.conv_stem.last().copied().unwrap_or(self.in_channels)
     }
 
     /// Whether q/k are RMS-normalised per head.
@@ -115,6 +126,9 @@ impl MmditConfig {
                 self.caption_projection_dim,
                 self.inner_dim()
             )));
+        }
+        if self.conv_stem.contains(&0) {
+            return Err(Error::Config("conv_stem widths must be positive".into()));
         }
         if let Some(&bad) = self
             .dual_attention_layers

@@ -9,9 +9,11 @@ use super::config::MmditConfig;
 use super::layers::{linear, Linear};
 use crate::error::{Error, Result};
 
-/// Patchify convolution plus the loaded position table `[1, M², D]`.
+/// Optional 3×3 convolutional front end (`stem.{i}`, SiLU after each), patchify convolution,
+/// plus the loaded position table `[1, M², D]`.
 #[derive(Debug, Clone)]
 pub struct PatchEmbed {
+    stem: Vec<Conv2d>,
     proj: Conv2d,
     pos_embed: Tensor,
     max: usize,
@@ -24,8 +26,18 @@ impl PatchEmbed {
             stride: cfg.patch_size,
             ..Default::default()
         };
+        let same = Conv2dConfig {
+            padding: 1,
+            ..Default::default()
+        };
+        let mut stem = vec![];
+        let mut cin = cfg.in_channels;
+        for (i, &c) in cfg.conv_stem.iter().enumerate() {
+            stem.push(candle_nn::conv2d(cin, c, 3, same, vb.pp("stem").pp(i))?);
+            cin = c;
+        }
         let proj = candle_nn::conv2d(
-            cfg.in_channels,
+            cfg.patch_in_channels(),
             cfg.inner_dim(),
             cfg.patch_size,
             conv,
@@ -34,6 +46,7 @@ impl PatchEmbed {
         let m = cfg.pos_embed_max_size;
         let pos_embed = vb.get((1, m * m, cfg.inner_dim()), "pos_embed")?;
         Ok(Self {
+            stem,
             proj,
             pos_embed,
             max: m,
@@ -69,20 +82,24 @@ impl PatchEmbed {
         let (_, _, hh, ww) = x.dims4()?;
         let (h, w) = (hh / self.patch, ww / self.patch);
         let pos = self.cropped_pos_embed(h, w)?;
-        let y = if self.proj.weight().dtype() == x.dtype() {
-            self.proj.forward(x)?
-        } else {
-            let w = self.proj.weight().to_dtype(x.dtype())?;
-            let b = self
-                .proj
-                .bias()
-                .map(|b| b.to_dtype(x.dtype()))
-                .transpose()?;
-            Conv2d::new(w, b, *self.proj.config()).forward(x)?
-        };
+        let mut x = x.clone();
+        for conv in &self.stem {
+            x = conv_as(conv, &x)?.silu()?;
+        }
+        let y = conv_as(&self.proj, &x)?;
         let y = y.flatten_from(2)?.transpose(1, 2)?;
         Ok(y.broadcast_add(&pos.to_dtype(y.dtype())?)?)
     }
+}
+
+/// `conv(x)` in `x`'s dtype (weights are cast when stored in another).
+fn conv_as(conv: &Conv2d, x: &Tensor) -> Result<Tensor> {
+    if conv.weight().dtype() == x.dtype() {
+        return Ok(conv.forward(x)?);
+    }
+    let w = conv.weight().to_dtype(x.dtype())?;
+    let b = conv.bias().map(|b| b.to_dtype(x.dtype())).transpose()?;
+    Ok(Conv2d::new(w, b, *conv.config()).forward(x)?)
 }
 
 /// Sinusoidal timestep features (diffusers `Timesteps(256, flip_sin_to_cos=True, shift=0)`), in f32.

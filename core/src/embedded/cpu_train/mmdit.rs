@@ -9,6 +9,7 @@ use super::linalg::{
     gelu, gelu_backward, layer_norm_rows, layer_norm_rows_backward, silu, silu_grad,
 };
 use super::params::{Params, Slot};
+use super::stem::{Stem, StemCache};
 use crate::error::{Error, Result};
 use crate::mmdit::embed::TIMESTEP_FEATURES;
 use crate::mmdit::MmditConfig;
@@ -42,6 +43,7 @@ pub struct MmditW {
     grid: usize,
     pos_max: usize,
     joint_dim: usize,
+    stem: Stem,
     patch_embed: Lin,
     pos: Slot,
     t1: Lin,
@@ -90,6 +92,7 @@ struct BlockCache {
 /// One sample's forward state.
 #[derive(Debug, Clone, Default)]
 pub struct SampleCache {
+    stem: StemCache,
     patches: Vec<f32>,
     tfeat: Vec<f32>,
     u1: Vec<f32>,
@@ -169,7 +172,20 @@ impl MmditW {
             grid,
             pos_max: m,
             joint_dim: cfg.joint_attention_dim,
-            patch_embed: Lin::conv_patch(p, &t("pos_embed.proj"), cfg.in_channels, patch, d)?,
+            stem: Stem::new(
+                p,
+                &t("pos_embed.stem"),
+                cfg.in_channels,
+                &cfg.conv_stem,
+                image_size,
+            )?,
+            patch_embed: Lin::conv_patch(
+                p,
+                &t("pos_embed.proj"),
+                cfg.patch_in_channels(),
+                patch,
+                d,
+            )?,
             pos: p.slot(&t("pos_embed.pos_embed"), &[1, m * m, d])?,
             t1: lin(
                 "time_text_embed.timestep_embedder.linear_1",
@@ -220,17 +236,27 @@ impl MmditW {
             n_txt: l,
             ..Default::default()
         };
-        // Patchify (c, ky, kx) and embed, plus the centre-cropped position table.
-        let pd = ch * ps * ps;
+        // The stem over the pixel-major image, then patchify (c, ky, kx) and embed, plus the
+        // centre-cropped position table.
+        let hw = side * side;
+        let mut pix = vec![0f32; hw * ch];
+        for c in 0..ch {
+            for i in 0..hw {
+                pix[i * ch + c] = x[c * hw + i];
+            }
+        }
+        let act = self.stem.forward(p, pix, &mut cache.stem);
+        let pc = self.stem.out_channels();
+        let pd = pc * ps * ps;
         let mut patches = vec![0f32; n * pd];
         for gy in 0..g {
             for gx in 0..g {
                 let row = &mut patches[(gy * g + gx) * pd..(gy * g + gx + 1) * pd];
-                for c in 0..ch {
+                for c in 0..pc {
                     for ky in 0..ps {
                         for kx in 0..ps {
                             row[(c * ps + ky) * ps + kx] =
-                                x[(c * side + gy * ps + ky) * side + gx * ps + kx];
+                                act[((gy * ps + ky) * side + gx * ps + kx) * pc + c];
                         }
                     }
                 }
@@ -511,8 +537,31 @@ impl MmditW {
                 &mut scratch,
             );
         }
-        self.patch_embed
-            .backward(p, g, &cache.patches, &dimg, n, None, false);
+        if self.stem.is_empty() {
+            self.patch_embed
+                .backward(p, g, &cache.patches, &dimg, n, None, false);
+        } else {
+            let pc = self.stem.out_channels();
+            let pd = pc * ps * ps;
+            let mut dpatches = vec![0f32; n * pd];
+            self.patch_embed
+                .backward(p, g, &cache.patches, &dimg, n, Some(&mut dpatches), false);
+            let mut dact = vec![0f32; side * side * pc];
+            for gy in 0..gr {
+                for gx in 0..gr {
+                    let row = &dpatches[(gy * gr + gx) * pd..(gy * gr + gx + 1) * pd];
+                    for c in 0..pc {
+                        for ky in 0..ps {
+                            for kx in 0..ps {
+                                dact[((gy * ps + ky) * side + gx * ps + kx) * pc + c] =
+                                    row[(c * ps + ky) * ps + kx];
+                            }
+                        }
+                    }
+                }
+            }
+            self.stem.backward(p, g, &cache.stem, dact);
+        }
         let mut dctx = vec![0f32; l * self.joint_dim];
         self.ctx
             .backward(p, g, &cache.ctx_in, &dtxt, l, Some(&mut dctx), false);

@@ -11,6 +11,7 @@ mod layers;
 pub mod linalg;
 mod mmdit;
 mod params;
+mod stem;
 mod text;
 
 use rayon::prelude::*;
