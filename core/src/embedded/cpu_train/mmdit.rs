@@ -202,6 +202,27 @@ impl MmditW {
         })
     }
 
+    /// Calls `f(at, from)` for every entry of the patch rows `[N, pc·p·p]` (ordered
+    /// `(c, ky, kx)`): `at` indexes the rows, `from` the pixel-major map `[H·W, pc]`.
+    fn for_each_patch_entry(&self, pc: usize, mut f: impl FnMut(usize, usize)) {
+        let (g, ps) = (self.grid, self.patch);
+        let (side, pd) = (g * ps, pc * ps * ps);
+        for gy in 0..g {
+            for gx in 0..g {
+                for c in 0..pc {
+                    for ky in 0..ps {
+                        for kx in 0..ps {
+                            f(
+                                (gy * g + gx) * pd + (c * ps + ky) * ps + kx,
+                                ((gy * ps + ky) * side + gx * ps + kx) * pc + c,
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     fn n_img(&self) -> usize {
         self.grid * self.grid
     }
@@ -249,19 +270,7 @@ impl MmditW {
         let pc = self.stem.out_channels();
         let pd = pc * ps * ps;
         let mut patches = vec![0f32; n * pd];
-        for gy in 0..g {
-            for gx in 0..g {
-                let row = &mut patches[(gy * g + gx) * pd..(gy * g + gx + 1) * pd];
-                for c in 0..pc {
-                    for ky in 0..ps {
-                        for kx in 0..ps {
-                            row[(c * ps + ky) * ps + kx] =
-                                act[((gy * ps + ky) * side + gx * ps + kx) * pc + c];
-                        }
-                    }
-                }
-            }
-        }
+        self.for_each_patch_entry(pc, |at, from| patches[at] = act[from]);
         let mut img = vec![0f32; n * d];
         self.patch_embed.forward(p, &patches, n, &mut img);
         let top = (self.pos_max - g) / 2;
@@ -547,19 +556,7 @@ impl MmditW {
             self.patch_embed
                 .backward(p, g, &cache.patches, &dimg, n, Some(&mut dpatches), false);
             let mut dact = vec![0f32; side * side * pc];
-            for gy in 0..gr {
-                for gx in 0..gr {
-                    let row = &dpatches[(gy * gr + gx) * pd..(gy * gr + gx + 1) * pd];
-                    for c in 0..pc {
-                        for ky in 0..ps {
-                            for kx in 0..ps {
-                                dact[((gy * ps + ky) * side + gx * ps + kx) * pc + c] =
-                                    row[(c * ps + ky) * ps + kx];
-                            }
-                        }
-                    }
-                }
-            }
+            self.for_each_patch_entry(pc, |at, from| dact[from] = dpatches[at]);
             self.stem.backward(p, g, &cache.stem, dact);
         }
         let mut dctx = vec![0f32; l * self.joint_dim];

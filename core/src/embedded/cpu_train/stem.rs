@@ -49,62 +49,50 @@ impl Stem {
         self.chans[self.chans.len() - 1]
     }
 
-    /// `[H·W, C]` → im2col rows `[H·W, 9·C]`, zero outside the image.
-    fn im2col(&self, x: &[f32], c: usize) -> Vec<f32> {
+    /// Calls `f(pixel, tap, source)` for every in-image tap of every pixel's 3×3 window
+    /// (`tap = ky·3 + kx`; taps outside the image are the zero padding and skipped).
+    fn for_each_tap(&self, mut f: impl FnMut(usize, usize, usize)) {
         let s = self.side as isize;
-        let k = 9 * c;
-        let mut cols = vec![0f32; self.side * self.side * k];
         for y in 0..s {
-            for xx in 0..s {
-                let row = &mut cols[((y * s + xx) as usize) * k..][..k];
+            for x in 0..s {
                 for ky in 0..3isize {
-                    let sy = y + ky - 1;
-                    if !(0..s).contains(&sy) {
-                        continue;
-                    }
                     for kx in 0..3isize {
-                        let sx = xx + kx - 1;
-                        if !(0..s).contains(&sx) {
-                            continue;
-                        }
-                        let src = &x[((sy * s + sx) as usize) * c..][..c];
-                        let tap = (ky * 3 + kx) as usize;
-                        for (ci, v) in src.iter().enumerate() {
-                            row[ci * 9 + tap] = *v;
+                        let (sy, sx) = (y + ky - 1, x + kx - 1);
+                        if (0..s).contains(&sy) && (0..s).contains(&sx) {
+                            f(
+                                (y * s + x) as usize,
+                                (ky * 3 + kx) as usize,
+                                (sy * s + sx) as usize,
+                            );
                         }
                     }
                 }
             }
         }
+    }
+
+    /// `[H·W, C]` → im2col rows `[H·W, 9·C]`, zero outside the image.
+    fn im2col(&self, x: &[f32], c: usize) -> Vec<f32> {
+        let k = 9 * c;
+        let mut cols = vec![0f32; self.side * self.side * k];
+        self.for_each_tap(|pixel, tap, src| {
+            let row = &mut cols[pixel * k..][..k];
+            for (ci, v) in x[src * c..][..c].iter().enumerate() {
+                row[ci * 9 + tap] = *v;
+            }
+        });
         cols
     }
 
     /// Adds the im2col gradient `dcols [H·W, 9·C]` back onto the map gradient `dx [H·W, C]`.
     fn col2im(&self, dcols: &[f32], c: usize, dx: &mut [f32]) {
-        let s = self.side as isize;
         let k = 9 * c;
-        for y in 0..s {
-            for xx in 0..s {
-                let row = &dcols[((y * s + xx) as usize) * k..][..k];
-                for ky in 0..3isize {
-                    let sy = y + ky - 1;
-                    if !(0..s).contains(&sy) {
-                        continue;
-                    }
-                    for kx in 0..3isize {
-                        let sx = xx + kx - 1;
-                        if !(0..s).contains(&sx) {
-                            continue;
-                        }
-                        let dst = &mut dx[((sy * s + sx) as usize) * c..][..c];
-                        let tap = (ky * 3 + kx) as usize;
-                        for (ci, v) in dst.iter_mut().enumerate() {
-                            *v += row[ci * 9 + tap];
-                        }
-                    }
-                }
+        self.for_each_tap(|pixel, tap, src| {
+            let row = &dcols[pixel * k..][..k];
+            for (ci, v) in dx[src * c..][..c].iter_mut().enumerate() {
+                *v += row[ci * 9 + tap];
             }
-        }
+        });
     }
 
     /// # Shapes
