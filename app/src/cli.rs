@@ -471,6 +471,10 @@ pub struct MakeDatasetArgs {
     /// Image side in pixels.
     #[arg(long, default_value_t = 64)]
     pub size: usize,
+    /// Area-matched object sizes: every shape covers the same area on average (stars drawn
+    /// larger, squares smaller), so a model that names objects by their size fails here.
+    #[arg(long)]
+    pub area_matched: bool,
 }
 
 /// The centre view of the window.

@@ -174,10 +174,12 @@ fn mask_alignment_starts_at_its_step() {
 
 /// A run of the tiny aligned config after a few candle steps (gates open, weights moved), saved
 /// and resumed under both engines.
-/// `conv_stem` sets the transformer's convolutional front end (empty: SD3's plain patchify).
-fn resumed_pair(conv_stem: &[usize]) -> (Trainer, Trainer, tempfile::TempDir) {
+/// `conv_stem` sets the transformer's convolutional front end (empty: SD3's plain patchify),
+/// `ff_conv` the image feed-forwards' grid convolution.
+fn resumed_pair(conv_stem: &[usize], ff_conv: bool) -> (Trainer, Trainer, tempfile::TempDir) {
     let mut cfg = tiny(true, 4, 100);
     cfg.model.transformer.conv_stem = conv_stem.to_vec();
+    cfg.model.transformer.ff_conv = ff_conv;
     let mut t = Trainer::new(cfg, &Device::Cpu).unwrap();
     t.set_engine(EngineKind::Candle).unwrap();
     for _ in 0..4 {
@@ -198,13 +200,13 @@ fn resumed_pair(conv_stem: &[usize]) -> (Trainer, Trainer, tempfile::TempDir) {
 
 #[test]
 fn cpu_engine_gradients_equal_candle_autograd() {
-    for stem in [&[][..], &[4, 6][..]] {
-        gradients_agree(stem);
+    for (stem, ff_conv) in [(&[][..], false), (&[4, 6][..], false), (&[][..], true)] {
+        gradients_agree(stem, ff_conv);
     }
 }
 
-fn gradients_agree(conv_stem: &[usize]) {
-    let (cpu, cand, _dir) = resumed_pair(conv_stem);
+fn gradients_agree(conv_stem: &[usize], ff_conv: bool) {
+    let (cpu, cand, _dir) = resumed_pair(conv_stem, ff_conv);
     let (sa, ga) = cpu.gradients().unwrap();
     let (sb, gb) = cand.gradients().unwrap();
     assert!(sb.align > 0.0, "alignment is part of the checked loss");
@@ -248,8 +250,14 @@ fn gradients_agree(conv_stem: &[usize]) {
             "the stem's layers are trained"
         );
     }
+    let conv_tensors = gb.iter().filter(|(n, _)| n.contains(".ff.conv.")).count();
+    assert_eq!(
+        conv_tensors,
+        if ff_conv { 2 * cfg_layers(&gb) } else { 0 },
+        "every block's grid convolution (weight and bias) is trained"
+    );
     eprintln!(
-        "stem {conv_stem:?}: largest relative gradient difference {} at {}",
+        "stem {conv_stem:?}, ff_conv {ff_conv}: largest relative gradient difference {} at {}",
         worst.0, worst.1
     );
     // Relative to each tensor's largest gradient: f32 sums taken in another order.
@@ -261,9 +269,17 @@ fn gradients_agree(conv_stem: &[usize]) {
     );
 }
 
+/// Blocks of the transformer whose gradients `grads` holds.
+fn cfg_layers(grads: &[(String, candle_core::Tensor)]) -> usize {
+    grads
+        .iter()
+        .filter(|(n, _)| n.ends_with(".ff.net.2.weight") && n.contains("transformer_blocks."))
+        .count()
+}
+
 #[test]
 fn cpu_engine_steps_like_candle() {
-    let (mut cpu, mut cand, _dir) = resumed_pair(&[4]);
+    let (mut cpu, mut cand, _dir) = resumed_pair(&[4], true);
     for _ in 0..3 {
         let (a, b) = (cpu.train_step().unwrap(), cand.train_step().unwrap());
         assert!(

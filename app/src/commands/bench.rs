@@ -76,6 +76,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         dual_attention_layers: vec![],
         qk_norm: None,
         conv_stem: vec![],
+        ff_conv: false,
     };
     cfg.validate()?;
     let t0 = Instant::now();

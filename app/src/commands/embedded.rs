@@ -246,14 +246,24 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
 }
 
 pub fn make_dataset(a: MakeDatasetArgs) -> anyhow::Result<()> {
-    let s = ditlens_core::shapes::write_dataset(&a.out, a.count, a.seed, a.size)
+    use ditlens_core::shapes::{write_dataset_with, CaptionSampler, SceneConfig};
+    let config = SceneConfig {
+        area_matched: a.area_matched,
+        ..SceneConfig::with_size(a.size)
+    };
+    let s = write_dataset_with(&a.out, a.count, a.seed, &config, &CaptionSampler::default())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     eprintln!(
-        "wrote {} scenes ({}×{} pixels, seed {}) to {}",
+        "wrote {} scenes ({}×{} pixels, seed {}{}) to {}",
         s.names.len(),
         a.size,
         a.size,
         a.seed,
+        if a.area_matched {
+            ", area-matched sizes"
+        } else {
+            ""
+        },
         s.dir.display()
     );
     Ok(())

@@ -65,6 +65,14 @@ pub struct TrainConfig {
     /// picks its shape among all eight, not only among those present.
     #[serde(default)]
     pub absent_class_share: f64,
+    /// Draw training scenes with area-matched sizes ([`SceneConfig::area_matched`]): every
+    /// shape covers the same area on average, so size is no cue to a shape's name (with the
+    /// world's own sizes a star covers a third of a square's area, and a model can name
+    /// objects by their size instead of their outline).
+    ///
+    /// [`SceneConfig::area_matched`]: crate::shapes::SceneConfig::area_matched
+    #[serde(default)]
+    pub area_matched: bool,
 }
 
 fn caption_weights() -> [f64; 4] {
@@ -119,6 +127,7 @@ impl EmbeddedConfig {
                 dual_attention_layers: vec![],
                 qk_norm: None,
                 conv_stem: vec![],
+                ff_conv: false,
             },
             text: TextEncoderConfig {
                 vocab_size: vocab,
@@ -220,6 +229,7 @@ impl TrainConfig {
             caption_weights: caption_weights(),
             multi_object_share: 0.0,
             absent_class_share: 0.0,
+            area_matched: false,
         };
         if !aligned {
             return plain;
@@ -240,6 +250,7 @@ impl TrainConfig {
             caption_weights: [0.25, 0.50, 0.15, 0.10],
             multi_object_share: 0.75,
             absent_class_share: 0.5,
+            area_matched: false,
             ..plain
         }
     }

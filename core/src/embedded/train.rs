@@ -81,9 +81,11 @@ fn sample_seed(seed: u64, step: usize, i: usize) -> u64 {
 }
 
 /// The world's scene settings for one training sample: at least two objects for a
-/// `multi_object_share` of the samples (drawn from the sample's seed), else unchanged.
+/// `multi_object_share` of the samples (drawn from the sample's seed), area-matched sizes
+/// when `area_matched`, else unchanged.
 fn scene_config(base: &SceneConfig, train: &TrainConfig, seed: u64) -> SceneConfig {
     let mut c = base.clone();
+    c.area_matched = train.area_matched;
     if train.multi_object_share > 0.0 {
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x6D75_6C74_6921);
         if rng.random_bool(train.multi_object_share.clamp(0.0, 1.0)) {

@@ -54,7 +54,11 @@ impl JointBlock {
             } else {
                 None
             },
-            ff: FeedForward::new(vb.pp("ff"), d)?,
+            ff: if cfg.ff_conv {
+                FeedForward::with_grid_conv(vb.pp("ff"), d)?
+            } else {
+                FeedForward::new(vb.pp("ff"), d)?
+            },
             ff_context: if context_pre_only {
                 None
             } else {
@@ -70,13 +74,14 @@ impl JointBlock {
     }
 
     /// # Shapes
-    /// `img: [B,N,D]`, `txt: [B,L,D]`, `silu_temb: [B,D]` (SiLU already applied) →
+    /// `img: [B,N,D]` (`N = grid.0 · grid.1`), `txt: [B,L,D]`, `silu_temb: [B,D]` (SiLU already applied) →
     /// `img: [B,N,D]`, `txt: [B,L,D]` (none for the last block).
     pub fn forward(
         &self,
         img: &Tensor,
         txt: &Tensor,
         silu_temb: &Tensor,
+        grid: (usize, usize),
         run: &AttnRun,
     ) -> Result<BlockOutput> {
         let m = self.norm1.forward(silu_temb)?;
@@ -104,13 +109,13 @@ impl JointBlock {
             img = (img + gated(&o2, &m[8])?)?;
         }
         let h = modulate(&layer_norm(&img, NORM_EPS)?, shift_mlp, scale_mlp)?;
-        let img = (&img + gated(&self.ff.forward(&h)?, gate_mlp)?)?;
+        let img = (&img + gated(&self.ff.forward(&h, grid)?, gate_mlp)?)?;
 
         let txt = match (&self.ff_context, a.txt) {
             (Some(ff), Some(ctx_out)) => {
                 let t = (txt + gated(&ctx_out, &mc[2])?)?;
                 let h = modulate(&layer_norm(&t, NORM_EPS)?, &mc[3], &mc[4])?;
-                Some((&t + gated(&ff.forward(&h)?, &mc[5])?)?)
+                Some((&t + gated(&ff.forward(&h, (0, 0))?, &mc[5])?)?)
             }
             _ => None,
         };

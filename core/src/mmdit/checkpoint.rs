@@ -369,6 +369,7 @@ impl Checkpoint {
             });
         }
         let has_qk = self.contains("transformer_blocks.0.attn.norm_q.weight");
+        let ff_conv = self.contains("transformer_blocks.0.ff.conv.weight");
         let dual: Vec<usize> = (0..self.num_layers)
             .filter(|i| self.contains(&format!("transformer_blocks.{i}.attn2.to_q.weight")))
             .collect();
@@ -393,6 +394,7 @@ impl Checkpoint {
             dual_attention_layers: dual,
             qk_norm: has_qk.then(|| "rms_norm".to_string()),
             conv_stem,
+            ff_conv,
         };
         if let Some(o) = override_cfg {
             self.check_agrees(&cfg, o)?;
@@ -426,6 +428,7 @@ impl Checkpoint {
         cmp!(dual_attention_layers);
         cmp!(qk_norm);
         cmp!(conv_stem);
+        cmp!(ff_conv);
         if from_weights.inner_dim() != given.inner_dim() {
             diffs.push(format!(
                 "heads × head_dim: config {}, weights {}",

@@ -54,6 +54,12 @@ pub struct MmditConfig {
     /// Empty (absent) in SD3 checkpoints.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conv_stem: Vec<usize>,
+    /// A depthwise 3×3 convolution over the patch grid inside every image feed-forward
+    /// (`ff.conv`, weight `[4D, 1, 3, 3]` and bias), added to the first projection's output
+    /// before the GELU (as SegFormer's Mix-FFN): neighbouring tokens mix in every block, a
+    /// locality prior for a small pixel-space model. Absent (false) in SD3 checkpoints.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ff_conv: bool,
 }
 
 fn default_sample_size() -> usize {

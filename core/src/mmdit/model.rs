@@ -218,7 +218,7 @@ impl Mmdit {
                 chunk_bytes: opts.chunk_bytes,
                 differentiable: opts.differentiable,
             };
-            let out = block.forward(&img, &txt, &silu_temb, &run)?;
+            let out = block.forward(&img, &txt, &silu_temb, (gh, gw), &run)?;
             img = out.img;
             if let Some(t) = out.txt {
                 txt = t;

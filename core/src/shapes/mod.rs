@@ -34,7 +34,7 @@ pub use geometry::{contains_unit, polygon, PlacedShape, Placement, ShapeParams};
 pub(crate) use palette::{distance as colour_distance, hsv};
 pub use palette::{Rgb, MIN_OBJECT_BACKGROUND_DISTANCE};
 pub use render::{MAX_OBJECTS, SUPERSAMPLE};
-pub use scene::{Object, Scene, SceneConfig};
+pub use scene::{area_matching_scale, Object, Scene, SceneConfig};
 pub use sheet::{colourise_labels, contact_sheet, CLASS_COLOURS};
 pub use vocab::{
     class_names, vocabulary, word_index, Background, Colour, Shape, BACKGROUNDS, BACKGROUND_CLASS,

@@ -37,6 +37,11 @@ pub struct SceneConfig {
     pub min_visible_fraction: f64,
     /// Placement tries per object before it is dropped.
     pub placement_attempts: usize,
+    /// Scale each object by `√(mean fill / its shape's fill)` (fill: the share of its bounding
+    /// square a shape covers), so that every shape covers the same area on average: a star is
+    /// drawn larger and a square smaller, and an object's area no longer tells its shape
+    /// (off: sizes are the fraction of the side for every shape, and area tells shape apart).
+    pub area_matched: bool,
 }
 
 impl Default for SceneConfig {
@@ -53,6 +58,7 @@ impl Default for SceneConfig {
             rotate: true,
             min_visible_fraction: 0.2,
             placement_attempts: 40,
+            area_matched: false,
         }
     }
 }
@@ -388,7 +394,13 @@ fn random_candidate(config: &SceneConfig, ss: usize, rng: &mut ChaCha8Rng) -> Ca
     } else {
         config.min_object_fraction
     };
-    let size = side * frac;
+    let size = side
+        * frac
+        * if config.area_matched {
+            area_matching_scale(shape)
+        } else {
+            1.0
+        };
     // Centres keep at least three quarters of the half-size inside the frame.
     let margin = 0.375 * size;
     let cx = rng.random_range(margin..=side - margin);
@@ -415,6 +427,32 @@ fn random_candidate(config: &SceneConfig, ss: usize, rng: &mut ChaCha8Rng) -> Ca
         placed,
         full_pixels,
     }
+}
+
+/// The side scale that gives `shape` the mean area of all shapes at the same size fraction:
+/// `√(mean fill / fill)`, with each fill measured once on an unrotated standard shape.
+pub fn area_matching_scale(shape: Shape) -> f64 {
+    static FILLS: std::sync::OnceLock<Vec<f64>> = std::sync::OnceLock::new();
+    let fills = FILLS.get_or_init(|| {
+        const SIDE: usize = 96;
+        Shape::ALL
+            .iter()
+            .map(|&s| {
+                let placement = Placement {
+                    cx: SIDE as f64 / 2.0,
+                    cy: SIDE as f64 / 2.0,
+                    size: SIDE as f64 * 0.75,
+                    rotation: 0.0,
+                };
+                let placed = PlacedShape::new(s, ShapeParams::STANDARD, placement);
+                let px = render::owned_pixels(&placed, SIDE, SUPERSAMPLE);
+                px as f64 / (placement.size * placement.size)
+            })
+            .collect()
+    });
+    let mean = fills.iter().sum::<f64>() / fills.len() as f64;
+    let i = Shape::ALL.iter().position(|&s| s == shape).unwrap_or(0);
+    (mean / fills[i].max(1e-6)).sqrt()
 }
 
 /// A backdrop of `kind` whose colours all stay far from every object's shade.

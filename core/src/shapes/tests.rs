@@ -324,3 +324,46 @@ fn more_objects_when_asked() {
         check_masks(&scene, &config);
     }
 }
+
+/// Mean visible-pixel share of each shape over many one-object scenes.
+fn mean_area_by_shape(config: &SceneConfig) -> Vec<f64> {
+    let mut sums = vec![(0f64, 0usize); Shape::ALL.len()];
+    for seed in 0..600 {
+        let scene = Scene::generate(config, seed).unwrap();
+        for o in &scene.objects {
+            let i = Shape::ALL.iter().position(|&s| s == o.shape).unwrap();
+            sums[i].0 += o.full_pixels as f64;
+            sums[i].1 += 1;
+        }
+    }
+    sums.iter().map(|(s, n)| s / (*n).max(1) as f64).collect()
+}
+
+#[test]
+fn area_matched_sizes_make_area_no_cue_to_shape() {
+    let world = SceneConfig {
+        max_objects: 1,
+        ..SceneConfig::with_size(64)
+    };
+    let matched = SceneConfig {
+        area_matched: true,
+        ..world.clone()
+    };
+    let spread = |a: &[f64]| {
+        let (lo, hi) = a
+            .iter()
+            .fold((f64::MAX, 0f64), |(l, h), &v| (l.min(v), h.max(v)));
+        hi / lo
+    };
+    let (w, m) = (mean_area_by_shape(&world), mean_area_by_shape(&matched));
+    // With the world's sizes a square covers about three times a star's area; matched, every
+    // shape's mean area is within a fifth of every other's.
+    assert!(spread(&w) > 2.0, "world areas {w:?}");
+    assert!(spread(&m) < 1.2, "area-matched areas {m:?}");
+    // Stars are drawn larger, squares smaller.
+    assert!(area_matching_scale(Shape::Star) > 1.2);
+    assert!(area_matching_scale(Shape::Square) < 0.95);
+    for seed in 0..50 {
+        check_masks(&Scene::generate(&matched, seed).unwrap(), &matched);
+    }
+}

@@ -4,6 +4,7 @@
 //! context-pre-only last block, final adaLN and unpatchify), checked against it in the tests.
 
 use super::attention::{self, AttnDims};
+use super::grid_conv::GridConv;
 use super::layers::{gated_add, gated_backward, modulate, modulate_backward, Lin};
 use super::linalg::{
     gelu, gelu_backward, layer_norm_rows, layer_norm_rows_backward, silu, silu_grad,
@@ -30,6 +31,7 @@ struct BlockW {
     add_out: Option<Lin>,
     ff1: Lin,
     ff2: Lin,
+    ff_conv: Option<GridConv>,
     ffc: Option<(Lin, Lin)>,
 }
 
@@ -74,19 +76,23 @@ struct BlockCache {
     p: Vec<f32>,
     o: Vec<f32>,
     a_i: Vec<f32>,
-    xhat2: Vec<f32>,
-    rstd2: Vec<f32>,
-    h2: Vec<f32>,
+    ff_i: FfCache,
+    a_t: Vec<f32>,
+    ff_t: FfCache,
+}
+
+/// What one feed-forward (LN → modulate → fc1 → [grid conv] → GELU → fc2) keeps.
+#[derive(Debug, Clone, Default)]
+struct FfCache {
+    xhat: Vec<f32>,
+    rstd: Vec<f32>,
+    h: Vec<f32>,
+    /// fc1's output.
     u: Vec<f32>,
+    /// The GELU's input: `u` plus the grid convolution (empty without one).
+    v: Vec<f32>,
     g: Vec<f32>,
     f: Vec<f32>,
-    a_t: Vec<f32>,
-    xhat2t: Vec<f32>,
-    rstd2t: Vec<f32>,
-    h2t: Vec<f32>,
-    ut: Vec<f32>,
-    gt: Vec<f32>,
-    ft: Vec<f32>,
 }
 
 /// One sample's forward state.
@@ -149,6 +155,11 @@ impl MmditW {
                 },
                 ff1: lin(&b("ff.net.0.proj"), d, 4 * d)?,
                 ff2: lin(&b("ff.net.2"), 4 * d, d)?,
+                ff_conv: if cfg.ff_conv {
+                    Some(GridConv::new(p, &t(&b("ff.conv")), 4 * d, grid)?)
+                } else {
+                    None
+                },
                 ffc: if last {
                     None
                 } else {
@@ -435,32 +446,31 @@ impl MmditW {
         bc.a_i = vec![0f32; n * d];
         bw.out.forward(p, &bc.o[..n * d], n, &mut bc.a_i);
         gated_add(img, m(2), &bc.a_i);
-        let (xh2, rs2, h2, u, g, f) = self.ff_forward(p, &bw.ff1, &bw.ff2, img, m(3), m(4));
-        gated_add(img, m(5), &f);
-        (bc.xhat2, bc.rstd2, bc.h2, bc.u, bc.g, bc.f) = (xh2, rs2, h2, u, g, f);
+        bc.ff_i = self.ff_forward(p, &bw.ff1, &bw.ff2, bw.ff_conv.as_ref(), img, m(3), m(4));
+        gated_add(img, m(5), &bc.ff_i.f);
         if let (Some(add_out), Some((f1, f2))) = (&bw.add_out, &bw.ffc) {
             let mc = |k: usize| &bc.mc[k * d..(k + 1) * d];
             bc.a_t = vec![0f32; l * d];
             add_out.forward(p, &bc.o[n * d..], l, &mut bc.a_t);
             gated_add(txt, mc(2), &bc.a_t);
-            let (xh2, rs2, h2, u, g, f) = self.ff_forward(p, f1, f2, txt, mc(3), mc(4));
-            gated_add(txt, mc(5), &f);
-            (bc.xhat2t, bc.rstd2t, bc.h2t, bc.ut, bc.gt, bc.ft) = (xh2, rs2, h2, u, g, f);
+            bc.ff_t = self.ff_forward(p, f1, f2, None, txt, mc(3), mc(4));
+            gated_add(txt, mc(5), &bc.ff_t.f);
         }
         (bc, maps)
     }
 
-    /// LN → modulate → fc1 → GELU → fc2 on `x`; returns every intermediate.
-    #[allow(clippy::type_complexity)]
+    /// LN → modulate → fc1 → [grid conv] → GELU → fc2 on `x`; returns every intermediate.
+    #[allow(clippy::too_many_arguments)]
     fn ff_forward(
         &self,
         p: &[f32],
         f1: &Lin,
         f2: &Lin,
+        conv: Option<&GridConv>,
         x: &[f32],
         shift: &[f32],
         scale: &[f32],
-    ) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+    ) -> FfCache {
         let d = self.d;
         let t = x.len() / d;
         let mut xhat = vec![0f32; t * d];
@@ -470,11 +480,20 @@ impl MmditW {
         modulate(&xhat, shift, scale, &mut h);
         let mut u = vec![0f32; t * f1.dout];
         f1.forward(p, &h, t, &mut u);
+        let v = conv.map(|c| c.forward(p, &u)).unwrap_or_default();
         let mut g = vec![0f32; u.len()];
-        gelu(&u, &mut g);
+        gelu(if conv.is_some() { &v } else { &u }, &mut g);
         let mut f = vec![0f32; t * d];
         f2.forward(p, &g, t, &mut f);
-        (xhat, rstd, h, u, g, f)
+        FfCache {
+            xhat,
+            rstd,
+            h,
+            u,
+            v,
+            g,
+            f,
+        }
     }
 
     /// Backward of [`MmditW::forward`]: accumulates parameter gradients into `g` and returns
@@ -618,17 +637,11 @@ impl MmditW {
             self.ff_backward(
                 p,
                 g,
-                &bw.ff1,
-                &bw.ff2,
+                (&bw.ff1, &bw.ff2, bw.ff_conv.as_ref()),
                 dimg,
                 m(4),
                 m(5),
-                &bc.xhat2,
-                &bc.rstd2,
-                &bc.h2,
-                &bc.u,
-                &bc.g,
-                &bc.f,
+                &bc.ff_i,
                 dshift2,
                 dscale2,
                 dgate2,
@@ -646,17 +659,11 @@ impl MmditW {
             self.ff_backward(
                 p,
                 g,
-                f1,
-                f2,
+                (f1, f2, None),
                 dtxt,
                 mc(4),
                 mc(5),
-                &bc.xhat2t,
-                &bc.rstd2t,
-                &bc.h2t,
-                &bc.ut,
-                &bc.gt,
-                &bc.ft,
+                &bc.ff_t,
                 dshift2,
                 dscale2,
                 dgate2,
@@ -740,17 +747,11 @@ impl MmditW {
         &self,
         p: &[f32],
         g: &mut [f32],
-        f1: &Lin,
-        f2: &Lin,
+        (f1, f2, conv): (&Lin, &Lin, Option<&GridConv>),
         dx: &mut [f32],
         scale: &[f32],
         gate: &[f32],
-        xhat: &[f32],
-        rstd: &[f32],
-        h: &[f32],
-        u: &[f32],
-        gl: &[f32],
-        f: &[f32],
+        c: &FfCache,
         dshift: &mut [f32],
         dscale: &mut [f32],
         dgate: &mut [f32],
@@ -758,14 +759,23 @@ impl MmditW {
         let d = self.d;
         let t = dx.len() / d;
         let mut df = vec![0f32; t * d];
-        gated_backward(dx, gate, f, &mut df, dgate);
-        let mut dgl = vec![0f32; gl.len()];
-        f2.backward(p, g, gl, &df, t, Some(&mut dgl), false);
-        gelu_backward(u, &mut dgl);
+        gated_backward(dx, gate, &c.f, &mut df, dgate);
+        let mut dgl = vec![0f32; c.g.len()];
+        f2.backward(p, g, &c.g, &df, t, Some(&mut dgl), false);
+        let du = match conv {
+            Some(conv) => {
+                gelu_backward(&c.v, &mut dgl);
+                conv.backward(p, g, &c.u, &dgl)
+            }
+            None => {
+                gelu_backward(&c.u, &mut dgl);
+                dgl
+            }
+        };
         let mut dh = vec![0f32; t * d];
-        f1.backward(p, g, h, &dgl, t, Some(&mut dh), false);
+        f1.backward(p, g, &c.h, &du, t, Some(&mut dh), false);
         let mut dxhat = vec![0f32; t * d];
-        modulate_backward(xhat, scale, &dh, dshift, dscale, &mut dxhat);
-        layer_norm_rows_backward(xhat, rstd, &dxhat, d, dx, true);
+        modulate_backward(&c.xhat, scale, &dh, dshift, dscale, &mut dxhat);
+        layer_norm_rows_backward(&c.xhat, &c.rstd, &dxhat, d, dx, true);
     }
 }

@@ -7,6 +7,7 @@
 //! copying rather than multiplying.
 
 mod attention;
+mod grid_conv;
 mod layers;
 pub mod linalg;
 mod mmdit;

@@ -7,6 +7,29 @@ use super::linalg::{silu, silu_grad};
 use super::params::Params;
 use crate::error::Result;
 
+/// Calls `f(pixel, tap, source)` for every in-grid tap of every pixel's 3×3 window over a
+/// `side × side` row-major grid (`tap = ky·3 + kx`; taps outside the grid are the zero padding
+/// and skipped).
+pub(super) fn for_each_tap(side: usize, mut f: impl FnMut(usize, usize, usize)) {
+    let s = side as isize;
+    for y in 0..s {
+        for x in 0..s {
+            for ky in 0..3isize {
+                for kx in 0..3isize {
+                    let (sy, sx) = (y + ky - 1, x + kx - 1);
+                    if (0..s).contains(&sy) && (0..s).contains(&sx) {
+                        f(
+                            (y * s + x) as usize,
+                            (ky * 3 + kx) as usize,
+                            (sy * s + sx) as usize,
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The stem's layers over a `side × side` image.
 #[derive(Debug, Clone)]
 pub struct Stem {
@@ -49,26 +72,8 @@ impl Stem {
         self.chans[self.chans.len() - 1]
     }
 
-    /// Calls `f(pixel, tap, source)` for every in-image tap of every pixel's 3×3 window
-    /// (`tap = ky·3 + kx`; taps outside the image are the zero padding and skipped).
-    fn for_each_tap(&self, mut f: impl FnMut(usize, usize, usize)) {
-        let s = self.side as isize;
-        for y in 0..s {
-            for x in 0..s {
-                for ky in 0..3isize {
-                    for kx in 0..3isize {
-                        let (sy, sx) = (y + ky - 1, x + kx - 1);
-                        if (0..s).contains(&sy) && (0..s).contains(&sx) {
-                            f(
-                                (y * s + x) as usize,
-                                (ky * 3 + kx) as usize,
-                                (sy * s + sx) as usize,
-                            );
-                        }
-                    }
-                }
-            }
-        }
+    fn for_each_tap(&self, f: impl FnMut(usize, usize, usize)) {
+        for_each_tap(self.side, f);
     }
 
     /// `[H·W, C]` → im2col rows `[H·W, 9·C]`, zero outside the image.

@@ -1,12 +1,17 @@
-//! A transformer with a convolutional stem (`pos_embed.stem.{i}`): saved as safetensors and
-//! reopened from its weights alone, the stem is read from the tensor shapes and the output is the
-//! same; a stem that does not chain into the patch embedding is named.
+//! The transformer's extensions beyond SD3, a convolutional stem (`pos_embed.stem.{i}`) and
+//! the image feed-forwards' grid convolution (`ff.conv`): saved as safetensors and reopened from
+//! its weights alone, each is read from the tensors and the output is the same; inconsistent
+//! weights are named.
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use ditlens_core::mmdit::{load_mmdit, ForwardOptions, Mmdit, MmditConfig};
 
 fn cfg(conv_stem: Vec<usize>) -> MmditConfig {
+    cfg_with(conv_stem, false)
+}
+
+fn cfg_with(conv_stem: Vec<usize>, ff_conv: bool) -> MmditConfig {
     MmditConfig {
         sample_size: 8,
         patch_size: 2,
@@ -23,6 +28,7 @@ fn cfg(conv_stem: Vec<usize>) -> MmditConfig {
         dual_attention_layers: vec![],
         qk_norm: None,
         conv_stem,
+        ff_conv,
     }
 }
 
@@ -45,6 +51,17 @@ fn run(m: &Mmdit, x: &Tensor, ctx: &Tensor) -> Vec<f32> {
     out.sample.flatten_all().unwrap().to_vec1().unwrap()
 }
 
+/// Largest difference between the two models' outputs on one random input.
+fn max_output_diff(a: &Mmdit, b: &Mmdit) -> f32 {
+    let x = Tensor::randn(0f32, 1.0, (1, 3, 8, 8), &Device::Cpu).unwrap();
+    let ctx = Tensor::randn(0f32, 1.0, (1, 5, 16), &Device::Cpu).unwrap();
+    let (a, b) = (run(a, &x, &ctx), run(b, &x, &ctx));
+    assert_eq!(a.len(), 3 * 8 * 8);
+    a.iter()
+        .zip(&b)
+        .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
+}
+
 #[test]
 fn stem_is_read_from_shapes_and_computes_the_same() {
     let dir = tempfile::tempdir().unwrap();
@@ -55,19 +72,50 @@ fn stem_is_read_from_shapes_and_computes_the_same() {
     assert_eq!(loaded.model.config().in_channels, 3);
     assert_eq!(loaded.model.config().patch_in_channels(), 7);
     // Same weights, same input → same output.
-    let x = Tensor::randn(0f32, 1.0, (1, 3, 8, 8), &Device::Cpu).unwrap();
-    let ctx = Tensor::randn(0f32, 1.0, (1, 5, 16), &Device::Cpu).unwrap();
-    let a = run(&model, &x, &ctx);
-    let b = run(&loaded.model, &x, &ctx);
-    assert_eq!(a.len(), 3 * 8 * 8);
-    let diff = a
-        .iter()
-        .zip(&b)
-        .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    let diff = max_output_diff(&model, &loaded.model);
     assert!(diff < 1e-6, "reloaded output differs by {diff}");
     // Without its stem the same weights are another model.
     let plain = cfg(vec![]);
     assert_ne!(loaded.model.config(), &plain);
+}
+
+#[test]
+fn grid_conv_is_read_from_weights_and_computes_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, path) = saved(&cfg_with(vec![], true), dir.path());
+    let tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    assert_eq!(
+        tensors["transformer_blocks.1.ff.conv.weight"].dims(),
+        &[256, 1, 3, 3],
+        "a depthwise 3×3 kernel per feed-forward channel"
+    );
+    let loaded = load_mmdit(&path, None, DType::F32, &Device::Cpu).unwrap();
+    assert!(loaded.model.config().ff_conv);
+    let diff = max_output_diff(&model, &loaded.model);
+    assert!(diff < 1e-6, "reloaded output differs by {diff}");
+    // A config that leaves it out does not describe these weights.
+    let plain = dir.path().join("config.json");
+    std::fs::write(&plain, serde_json::to_string(&cfg(vec![])).unwrap()).unwrap();
+    let err = load_mmdit(&path, Some(&plain), DType::F32, &Device::Cpu)
+        .err()
+        .expect("the config disagrees with the weights")
+        .to_string();
+    assert!(err.contains("ff_conv"), "{err}");
+}
+
+#[test]
+fn a_block_without_its_grid_conv_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, path) = saved(&cfg_with(vec![], true), dir.path());
+    let mut tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    tensors.remove("transformer_blocks.1.ff.conv.weight");
+    let broken = dir.path().join("broken.safetensors");
+    candle_core::safetensors::save(&tensors, &broken).unwrap();
+    let err = load_mmdit(&broken, None, DType::F32, &Device::Cpu)
+        .err()
+        .expect("a missing tensor is refused")
+        .to_string();
+    assert!(err.contains("transformer_blocks.1.ff.conv.weight"), "{err}");
 }
 
 #[test]
