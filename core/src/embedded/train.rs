@@ -914,4 +914,33 @@ mod tests {
         let most = single_object_scenes(0.75);
         assert!(most > 0 && most * 2 < natural, "0.75: {most} vs {natural}");
     }
+
+    #[test]
+    fn area_matched_recipes_draw_stars_larger_than_squares() {
+        let base = SceneConfig::with_size(64);
+        let mean_size = |area_matched: bool, shape: crate::shapes::Shape| {
+            let train = TrainConfig {
+                area_matched,
+                ..TrainConfig::default_toy(true)
+            };
+            let sizes: Vec<f64> = (0..300u64)
+                .flat_map(|seed| {
+                    let c = scene_config(&base, &train, seed);
+                    assert_eq!(c.area_matched, area_matched);
+                    Scene::generate(&c, seed).unwrap().objects
+                })
+                .filter(|o| o.shape == shape)
+                .map(|o| o.size())
+                .collect();
+            sizes.iter().sum::<f64>() / sizes.len().max(1) as f64
+        };
+        use crate::shapes::Shape::{Square, Star};
+        let (star, square) = (mean_size(false, Star), mean_size(false, Square));
+        assert!(
+            (star / square - 1.0).abs() < 0.15,
+            "world: {star} vs {square}"
+        );
+        let (star, square) = (mean_size(true, Star), mean_size(true, Square));
+        assert!(star > 1.4 * square, "area-matched: {star} vs {square}");
+    }
 }
