@@ -51,6 +51,20 @@ fn run(m: &Mmdit, x: &Tensor, ctx: &Tensor) -> Vec<f32> {
     out.sample.flatten_all().unwrap().to_vec1().unwrap()
 }
 
+/// The error of loading the checkpoint at `path` with the tensors `drop` removed.
+fn load_error_without(path: &std::path::Path, drop: &[&str]) -> String {
+    let mut tensors = candle_core::safetensors::load(path, &Device::Cpu).unwrap();
+    for name in drop {
+        tensors.remove(*name);
+    }
+    let broken = path.with_file_name("broken.safetensors");
+    candle_core::safetensors::save(&tensors, &broken).unwrap();
+    load_mmdit(&broken, None, DType::F32, &Device::Cpu)
+        .err()
+        .expect("inconsistent weights are refused")
+        .to_string()
+}
+
 /// Largest difference between the two models' outputs on one random input.
 fn max_output_diff(a: &Mmdit, b: &Mmdit) -> f32 {
     let x = Tensor::randn(0f32, 1.0, (1, 3, 8, 8), &Device::Cpu).unwrap();
@@ -107,14 +121,7 @@ fn grid_conv_is_read_from_weights_and_computes_the_same() {
 fn a_block_without_its_grid_conv_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let (_, path) = saved(&cfg_with(vec![], true), dir.path());
-    let mut tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
-    tensors.remove("transformer_blocks.1.ff.conv.weight");
-    let broken = dir.path().join("broken.safetensors");
-    candle_core::safetensors::save(&tensors, &broken).unwrap();
-    let err = load_mmdit(&broken, None, DType::F32, &Device::Cpu)
-        .err()
-        .expect("a missing tensor is refused")
-        .to_string();
+    let err = load_error_without(&path, &["transformer_blocks.1.ff.conv.weight"]);
     assert!(err.contains("transformer_blocks.1.ff.conv.weight"), "{err}");
 }
 
@@ -123,14 +130,6 @@ fn a_stem_that_does_not_feed_the_patch_embedding_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let (_, path) = saved(&cfg(vec![5, 7]), dir.path());
     // Drop the last stem layer: the patch embedding now reads 7 channels from a 5-channel stem.
-    let mut tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
-    tensors.remove("pos_embed.stem.1.weight");
-    tensors.remove("pos_embed.stem.1.bias");
-    let broken = dir.path().join("broken.safetensors");
-    candle_core::safetensors::save(&tensors, &broken).unwrap();
-    let err = load_mmdit(&broken, None, DType::F32, &Device::Cpu)
-        .err()
-        .expect("a broken stem is refused")
-        .to_string();
+    let err = load_error_without(&path, &["pos_embed.stem.1.weight", "pos_embed.stem.1.bias"]);
     assert!(err.contains("pos_embed.proj.weight"), "{err}");
 }
