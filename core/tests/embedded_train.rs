@@ -172,6 +172,27 @@ fn mask_alignment_starts_at_its_step() {
     );
 }
 
+#[test]
+fn mse_weight_zero_leaves_alignment_alone_under_both_engines() {
+    for engine in [EngineKind::Cpu, EngineKind::Candle] {
+        let mut cfg = tiny(true, 4, 20);
+        cfg.train.mse_weight = 0.0;
+        let mut t = Trainer::new(cfg, &Device::Cpu).unwrap();
+        t.set_engine(engine).unwrap();
+        let s = t.train_step().unwrap();
+        assert!(
+            s.mse > 0.0 && s.align > 0.0,
+            "{engine:?}: both parts measured"
+        );
+        assert!(
+            (s.loss - s.align * t.config.train.mask_align_weight).abs() < 1e-5,
+            "{engine:?}: loss {} is the alignment term {} alone",
+            s.loss,
+            s.align
+        );
+    }
+}
+
 /// A run of the tiny aligned config after a few candle steps (gates open, weights moved), saved
 /// and resumed under both engines.
 /// `conv_stem` sets the transformer's convolutional front end (empty: SD3's plain patchify),

@@ -73,6 +73,14 @@ pub struct TrainConfig {
     /// [`SceneConfig::area_matched`]: crate::shapes::SceneConfig::area_matched
     #[serde(default)]
     pub area_matched: bool,
+    /// Weight of the flow-matching loss (1 = the recipe; 0 leaves mask alignment alone, a
+    /// diagnostic of what the maps can learn by themselves).
+    #[serde(default = "one")]
+    pub mse_weight: f64,
+    /// Largest training noise level: σ is the logit-normal draw scaled by it (1 = SD3's
+    /// sampling; below 1 the run sees only images that are still visible).
+    #[serde(default = "one")]
+    pub max_sigma: f64,
 }
 
 fn caption_weights() -> [f64; 4] {
@@ -230,6 +238,8 @@ impl TrainConfig {
             multi_object_share: 0.0,
             absent_class_share: 0.0,
             area_matched: false,
+            mse_weight: 1.0,
+            max_sigma: 1.0,
         };
         if !aligned {
             return plain;

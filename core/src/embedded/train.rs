@@ -494,7 +494,7 @@ impl Trainer {
         let eps = seeded_randn_vec(bsz * 3 * size * size, noise_seed);
         let sigma: Vec<f32> = seeded_randn_vec(bsz, noise_seed ^ 1)
             .into_iter()
-            .map(|u| 1.0 / (1.0 + (-u).exp()))
+            .map(|u| cfg.train.max_sigma as f32 / (1.0 + (-u).exp()))
             .collect();
         // Alignment only where the image is still visible through the noise.
         let visible = |bi: usize| sigma[bi] as f64 <= cfg.train.mask_align_max_sigma;
@@ -703,7 +703,7 @@ impl Trainer {
                 let diff = pred[k] - (b.eps[j] - b.x0[j]);
                 let wk = w[k % hw];
                 mse += (wk * diff * diff) as f64;
-                d[k] = (2.0 * wk as f64 * diff as f64 / norm) as f32;
+                d[k] = (2.0 * tc.mse_weight * wk as f64 * diff as f64 / norm) as f32;
             }
             dsamples.push(d);
         }
@@ -732,7 +732,7 @@ impl Trainer {
         );
         let stats = StepStats {
             step,
-            loss: mse + tc.mask_align_weight * align_v,
+            loss: tc.mse_weight * mse + tc.mask_align_weight * align_v,
             mse,
             align: align_v,
             lr: tc.lr_at(step),
@@ -772,7 +772,7 @@ impl Trainer {
         let diff = (out.sample - target)?.sqr()?;
         let w = Tensor::from_slice(&b.weight, (bsz, 1, size, size), &dev)?;
         let mse = (diff.broadcast_mul(&w)?.mean_all()? / w.mean_all()?.to_scalar::<f32>()? as f64)?;
-        let mut loss = mse.clone();
+        let mut loss = (&mse * tc.mse_weight)?;
         let mut align_v = 0.0;
         if let Some(l) = align_layer {
             let i2t = out.blocks[l]
@@ -942,5 +942,29 @@ mod tests {
         );
         let (star, square) = (mean_size(true, Star), mean_size(true, Square));
         assert!(star > 1.4 * square, "area-matched: {star} vs {square}");
+    }
+
+    #[test]
+    fn max_sigma_scales_the_noise_levels() {
+        let draw = |max_sigma: f64| {
+            let cfg = ToyConfig {
+                model: EmbeddedConfig::tiny(),
+                train: TrainConfig {
+                    batch: 64,
+                    max_sigma,
+                    ..TrainConfig::default_toy(true)
+                },
+            };
+            let t = Trainer::new(cfg, &Device::Cpu).unwrap();
+            t.batch(3).unwrap().sigma
+        };
+        let (full, low) = (draw(1.0), draw(0.3));
+        assert!(
+            full.iter().any(|&s| s > 0.6),
+            "logit-normal reaches high noise"
+        );
+        for (f, l) in full.iter().zip(&low) {
+            assert!((f * 0.3 - l).abs() < 1e-6, "{f} scaled to {l}");
+        }
     }
 }
