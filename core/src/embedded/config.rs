@@ -265,6 +265,23 @@ impl TrainConfig {
         }
     }
 
+    /// A clear error for loss weights or noise caps that make no sense.
+    pub fn validate(&self) -> Result<()> {
+        if !(self.mse_weight.is_finite() && self.mse_weight >= 0.0) {
+            return Err(Error::Config(format!(
+                "mse_weight must be 0 or more, got {}",
+                self.mse_weight
+            )));
+        }
+        if !(self.max_sigma > 0.0 && self.max_sigma <= 1.0) {
+            return Err(Error::Config(format!(
+                "max_sigma must be in (0, 1], got {}",
+                self.max_sigma
+            )));
+        }
+        Ok(())
+    }
+
     /// Learning rate at `step`: linear warm-up, then cosine to zero.
     pub fn lr_at(&self, step: usize) -> f64 {
         if step < self.warmup {
@@ -282,6 +299,7 @@ impl ToyConfig {
         let c: ToyConfig = serde_json::from_str(&text)
             .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
         c.model.validate()?;
+        c.train.validate()?;
         Ok(c)
     }
 }

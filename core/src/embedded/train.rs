@@ -279,6 +279,7 @@ impl Trainer {
 
     fn build(config: ToyConfig, device: &Device, init: Option<(&[u8], &[u8])>) -> Result<Self> {
         config.model.validate()?;
+        config.train.validate()?;
         let transformer = VarMap::new();
         let text = VarMap::new();
         let model = EmbeddedModel::from_varmaps(&config.model, &transformer, &text, device)?;
@@ -958,6 +959,20 @@ mod tests {
             let t = Trainer::new(cfg, &Device::Cpu).unwrap();
             t.batch(3).unwrap().sigma
         };
+        let bad = TrainConfig {
+            max_sigma: 1.5,
+            ..TrainConfig::default_toy(true)
+        };
+        let err = Trainer::new(
+            ToyConfig {
+                model: EmbeddedConfig::tiny(),
+                train: bad,
+            },
+            &Device::Cpu,
+        )
+        .err()
+        .expect("max_sigma above 1 is refused");
+        assert!(err.to_string().contains("max_sigma"), "{err}");
         let (full, low) = (draw(1.0), draw(0.3));
         assert!(
             full.iter().any(|&s| s > 0.6),
